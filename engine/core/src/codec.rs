@@ -1,0 +1,175 @@
+//! Bytes for everything floe persists or sends: bincode 2 (serde) bodies, and a checked
+//! envelope — magic, format version, length, crc32 — for anything that must never be used
+//! if it is corrupt or truncated (snapshots, checkpoint metadata).
+//!
+//! Envelope layout (little endian):
+//! `magic: [u8; 4] | version: u16 | body_len: u32 | crc32(body): u32 | body`.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// The bincode configuration floe uses everywhere (standard: varint integers, little endian).
+pub fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes a value with floe's bincode configuration.
+pub fn to_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Decodes a value; trailing bytes are an error (a frame carries exactly one value).
+pub fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::TrailingBytes { used, len: bytes.len() });
+    }
+    Ok(value)
+}
+
+/// Bytes in the envelope before the body.
+pub const ENVELOPE_HEADER_BYTES: usize = 4 + 2 + 4 + 4;
+
+/// Wraps `body` in a checked envelope.
+pub fn seal(magic: [u8; 4], version: u16, body: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(body.len()).expect("an envelope body is below 4 GiB");
+    let mut out = Vec::with_capacity(ENVELOPE_HEADER_BYTES + body.len());
+    out.extend_from_slice(&magic);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Checks an envelope and returns its body. Never panics, whatever the bytes.
+pub fn open(magic: [u8; 4], version: u16, bytes: &[u8]) -> Result<&[u8], CodecError> {
+    if bytes.len() < ENVELOPE_HEADER_BYTES {
+        return Err(CodecError::Truncated { needed: ENVELOPE_HEADER_BYTES, got: bytes.len() });
+    }
+    let (header, body) = bytes.split_at(ENVELOPE_HEADER_BYTES);
+    if header[0..4] != magic {
+        return Err(CodecError::BadMagic { expected: magic, found: [header[0], header[1], header[2], header[3]] });
+    }
+    let found_version = u16::from_le_bytes([header[4], header[5]]);
+    if found_version != version {
+        return Err(CodecError::UnsupportedVersion { expected: version, found: found_version });
+    }
+    let len = u32::from_le_bytes([header[6], header[7], header[8], header[9]]) as usize;
+    if body.len() < len {
+        return Err(CodecError::Truncated { needed: ENVELOPE_HEADER_BYTES + len, got: bytes.len() });
+    }
+    if body.len() > len {
+        return Err(CodecError::TrailingBytes { used: ENVELOPE_HEADER_BYTES + len, len: bytes.len() });
+    }
+    let crc = u32::from_le_bytes([header[10], header[11], header[12], header[13]]);
+    let actual = crc32fast::hash(body);
+    if crc != actual {
+        return Err(CodecError::ChecksumMismatch { expected: crc, actual });
+    }
+    Ok(body)
+}
+
+/// Encodes `value` and seals it.
+pub fn seal_value<T: Serialize + ?Sized>(magic: [u8; 4], version: u16, value: &T) -> Result<Vec<u8>, CodecError> {
+    Ok(seal(magic, version, &to_bytes(value)?))
+}
+
+/// Opens an envelope and decodes its body.
+pub fn open_value<T: DeserializeOwned>(magic: [u8; 4], version: u16, bytes: &[u8]) -> Result<T, CodecError> {
+    from_bytes(open(magic, version, bytes)?)
+}
+
+/// Why bytes could not be turned into a value (or back).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    /// Serialization failed.
+    #[error("encode failed: {0}")]
+    Encode(String),
+    /// The body is not a valid encoding of the expected type.
+    #[error("decode failed: {0}")]
+    Decode(String),
+    /// Fewer bytes than the header or the declared length.
+    #[error("truncated: needed {needed} bytes, got {got}")]
+    Truncated {
+        /// Bytes the envelope declares.
+        needed: usize,
+        /// Bytes present.
+        got: usize,
+    },
+    /// More bytes than one value.
+    #[error("trailing bytes: a value used {used} of {len} bytes")]
+    TrailingBytes {
+        /// Bytes the value used.
+        used: usize,
+        /// Bytes present.
+        len: usize,
+    },
+    /// The envelope is of another kind.
+    #[error("bad magic: expected {expected:?}, found {found:?}")]
+    BadMagic {
+        /// The magic this reader wants.
+        expected: [u8; 4],
+        /// The magic in the bytes.
+        found: [u8; 4],
+    },
+    /// A format version this build does not read.
+    #[error("unsupported format version {found} (this build reads {expected})")]
+    UnsupportedVersion {
+        /// The version this build reads.
+        expected: u16,
+        /// The version in the bytes.
+        found: u16,
+    },
+    /// The body's crc32 does not match the header's.
+    #[error("checksum mismatch: header says {expected:#010x}, body hashes to {actual:#010x}")]
+    ChecksumMismatch {
+        /// The crc in the header.
+        expected: u32,
+        /// The crc of the body present.
+        actual: u32,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAGIC: [u8; 4] = *b"TEST";
+
+    #[test]
+    fn a_sealed_value_opens_to_itself() {
+        let v = (String::from("word"), 7u64, vec![1u8, 2, 3]);
+        let bytes = seal_value(MAGIC, 1, &v).unwrap();
+        let back: (String, u64, Vec<u8>) = open_value(MAGIC, 1, &bytes).unwrap();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn every_kind_of_damage_is_a_typed_error() {
+        let good = seal_value(MAGIC, 1, &vec![5u32; 16]).unwrap();
+        let mut flipped = good.clone();
+        *flipped.last_mut().unwrap() ^= 0x40;
+        let mut longer = good.clone();
+        longer.push(0);
+        let cases: Vec<(&str, Vec<u8>, fn(&CodecError) -> bool)> = vec![
+            ("empty", vec![], |e| matches!(e, CodecError::Truncated { .. })),
+            ("header only", good[..ENVELOPE_HEADER_BYTES].to_vec(), |e| matches!(e, CodecError::Truncated { .. })),
+            ("one byte short", good[..good.len() - 1].to_vec(), |e| matches!(e, CodecError::Truncated { .. })),
+            ("one byte long", longer, |e| matches!(e, CodecError::TrailingBytes { .. })),
+            ("bit flip in body", flipped, |e| matches!(e, CodecError::ChecksumMismatch { .. })),
+        ];
+        for (name, bytes, is_expected) in cases {
+            let err = open_value::<Vec<u32>>(MAGIC, 1, &bytes).unwrap_err();
+            assert!(is_expected(&err), "{name}: unexpected {err:?}");
+        }
+        assert!(matches!(open(*b"NOPE", 1, &good), Err(CodecError::BadMagic { .. })));
+        assert!(matches!(open(MAGIC, 2, &good), Err(CodecError::UnsupportedVersion { expected: 2, found: 1 })));
+    }
+
+    #[test]
+    fn a_body_of_the_wrong_type_is_a_decode_error_not_a_panic() {
+        let bytes = seal_value(MAGIC, 1, &u8::MAX).unwrap();
+        assert!(matches!(open_value::<String>(MAGIC, 1, &bytes), Err(CodecError::Decode(_))));
+    }
+}

@@ -1,0 +1,291 @@
+//! Key groups, bit-compatible with Apache Flink's `KeyGroupRangeAssignment`.
+//!
+//! ```text
+//! key_group      = murmur_hash(java_hash_code(key)) % max_parallelism
+//! operator_index = key_group * parallelism / max_parallelism
+//! range(i)       = [ceil(i * maxP / p), floor(((i + 1) * maxP - 1) / p)]
+//! ```
+//!
+//! A key lands on the same key group and subtask as it would in Flink. Hashing never uses
+//! `RandomState`: the result must be identical across processes, runs and restarts. A user key
+//! type implements [`Key`] by supplying its Java-style hash code.
+
+use crate::ids::{KeyGroup, SubtaskIndex};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::fmt::Debug;
+
+/// Flink's lower bound for the default max parallelism.
+pub const DEFAULT_LOWER_BOUND_MAX_PARALLELISM: u32 = 1 << 7;
+/// Flink's upper bound for any max parallelism.
+pub const UPPER_BOUND_MAX_PARALLELISM: u32 = 1 << 15;
+
+/// A type records can be keyed by.
+///
+/// The hash must be stable: a pure function of the value, the same in every process and every
+/// build. The built-in implementations follow Java's `hashCode` so key groups match Flink's.
+pub trait Key: Clone + Eq + Ord + Debug + Serialize + DeserializeOwned + Send + 'static {
+    /// Java's `hashCode()` of the equivalent Java value.
+    fn java_hash_code(&self) -> i32;
+}
+
+impl Key for String {
+    fn java_hash_code(&self) -> i32 {
+        java_string_hash(self)
+    }
+}
+
+impl Key for i32 {
+    fn java_hash_code(&self) -> i32 {
+        *self
+    }
+}
+
+impl Key for i64 {
+    fn java_hash_code(&self) -> i32 {
+        java_long_hash(*self)
+    }
+}
+
+impl Key for u32 {
+    /// The Java `int` with the same bits.
+    fn java_hash_code(&self) -> i32 {
+        *self as i32
+    }
+}
+
+impl Key for u64 {
+    /// The Java `long` with the same bits.
+    fn java_hash_code(&self) -> i32 {
+        java_long_hash(*self as i64)
+    }
+}
+
+impl Key for bool {
+    /// `Boolean.hashCode`: 1231 for true, 1237 for false.
+    fn java_hash_code(&self) -> i32 {
+        if *self {
+            1231
+        } else {
+            1237
+        }
+    }
+}
+
+impl<A: Key, B: Key> Key for (A, B) {
+    /// Flink's `Tuple2.hashCode`: `31 * f0.hashCode() + f1.hashCode()`.
+    fn java_hash_code(&self) -> i32 {
+        self.0.java_hash_code().wrapping_mul(31).wrapping_add(self.1.java_hash_code())
+    }
+}
+
+/// Java's `String.hashCode`: `s[0]*31^(n-1) + ... + s[n-1]` over UTF-16 code units, wrapping.
+pub fn java_string_hash(s: &str) -> i32 {
+    s.encode_utf16().fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(unit as i32))
+}
+
+/// Java's `Long.hashCode`: `(int) (v ^ (v >>> 32))`.
+pub fn java_long_hash(v: i64) -> i32 {
+    let bits = v as u64;
+    (bits ^ (bits >> 32)) as u32 as i32
+}
+
+/// Flink's `MathUtils.murmurHash(int)`: murmur3-32 of one int with seed 0, made non-negative.
+pub fn murmur_hash(code: i32) -> i32 {
+    let mut h = code as u32;
+    h = h.wrapping_mul(0xcc9e_2d51);
+    h = h.rotate_left(15);
+    h = h.wrapping_mul(0x1b87_3593);
+    h = h.rotate_left(13);
+    h = h.wrapping_mul(5).wrapping_add(0xe654_6b64);
+    h ^= 4;
+    h = bit_mix(h);
+    let h = h as i32;
+    if h >= 0 {
+        h
+    } else if h != i32::MIN {
+        -h
+    } else {
+        0
+    }
+}
+
+fn bit_mix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+/// The key group of a key hash (`computeKeyGroupForKeyHash`).
+pub fn key_group_for_hash(java_hash: i32, max_parallelism: u32) -> KeyGroup {
+    debug_assert!(max_parallelism > 0);
+    KeyGroup(murmur_hash(java_hash) as u32 % max_parallelism)
+}
+
+/// The key group of a key (`assignToKeyGroup`).
+pub fn key_group_for_key<K: Key + ?Sized>(key: &K, max_parallelism: u32) -> KeyGroup {
+    key_group_for_hash(key.java_hash_code(), max_parallelism)
+}
+
+/// The subtask owning a key group (`computeOperatorIndexForKeyGroup`).
+pub fn operator_index_for_key_group(max_parallelism: u32, parallelism: u32, key_group: KeyGroup) -> SubtaskIndex {
+    debug_assert!(key_group.0 < max_parallelism);
+    debug_assert!(parallelism >= 1 && parallelism <= max_parallelism);
+    SubtaskIndex(((key_group.0 as u64 * parallelism as u64) / max_parallelism as u64) as u32)
+}
+
+/// Flink's default max parallelism for an operator of parallelism `p`
+/// (`computeDefaultMaxParallelism`): `min(max(round_up_pow2(p + p/2), 128), 32768)`.
+pub fn default_max_parallelism(parallelism: u32) -> u32 {
+    let wanted = (parallelism as u64 + parallelism as u64 / 2).next_power_of_two();
+    wanted.clamp(DEFAULT_LOWER_BOUND_MAX_PARALLELISM as u64, UPPER_BOUND_MAX_PARALLELISM as u64) as u32
+}
+
+/// A contiguous, inclusive range of key groups; empty when `start > end`
+/// (Flink's `KeyGroupRange`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub struct KeyGroupRange {
+    /// First key group in the range.
+    pub start: u32,
+    /// Last key group in the range (inclusive).
+    pub end: u32,
+}
+
+impl KeyGroupRange {
+    /// The range `[start, end]`.
+    pub const fn new(start: u32, end: u32) -> Self {
+        KeyGroupRange { start, end }
+    }
+
+    /// Every key group of an operator with this max parallelism.
+    pub const fn all(max_parallelism: u32) -> Self {
+        KeyGroupRange { start: 0, end: max_parallelism - 1 }
+    }
+
+    /// The range owned by `operator_index` (`computeKeyGroupRangeForOperatorIndex`).
+    pub fn for_operator_index(max_parallelism: u32, parallelism: u32, operator_index: SubtaskIndex) -> Self {
+        assert!(parallelism >= 1, "parallelism must be at least 1");
+        assert!(parallelism <= max_parallelism, "parallelism {parallelism} above max parallelism {max_parallelism}");
+        assert!(operator_index.0 < parallelism, "operator index {operator_index} out of [0, {parallelism})");
+        let (i, p, m) = (operator_index.0 as u64, parallelism as u64, max_parallelism as u64);
+        let start = (i * m + p - 1) / p;
+        let end = ((i + 1) * m - 1) / p;
+        KeyGroupRange { start: start as u32, end: end as u32 }
+    }
+
+    /// Number of key groups in the range.
+    pub fn len(&self) -> u32 {
+        if self.start > self.end {
+            0
+        } else {
+            self.end - self.start + 1
+        }
+    }
+
+    /// True when the range holds no key group.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True when `kg` is in the range.
+    pub fn contains(&self, kg: KeyGroup) -> bool {
+        self.start <= kg.0 && kg.0 <= self.end
+    }
+
+    /// The key groups in order.
+    pub fn iter(&self) -> impl Iterator<Item = KeyGroup> + Clone {
+        let (start, len) = (self.start, self.len());
+        (0..len).map(move |i| KeyGroup(start + i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Values computed by Flink 2.3's `KeyGroupRangeAssignment` (see the issue that asked for them).
+    #[test]
+    fn key_groups_match_flink() {
+        let hello = String::from("hello");
+        let flink = String::from("flink");
+        let cases: &[(&str, KeyGroup, KeyGroup)] = &[
+            ("\"hello\" @128", key_group_for_key(&hello, 128), KeyGroup(35)),
+            ("\"flink\" @4096", key_group_for_key(&flink, 4096), KeyGroup(226)),
+            ("42i32 @128", key_group_for_key(&42i32, 128), KeyGroup(29)),
+        ];
+        for (name, got, want) in cases {
+            assert_eq!(got, want, "{name}");
+        }
+        assert_eq!(operator_index_for_key_group(128, 7, KeyGroup(35)), SubtaskIndex(1));
+        assert_eq!(operator_index_for_key_group(128, 13, KeyGroup(35)), SubtaskIndex(3));
+    }
+
+    #[test]
+    fn java_hash_codes_match_java() {
+        // Values from the JDK: "hello".hashCode(), "".hashCode(), Long.hashCode, a non-BMP char.
+        let cases: &[(i32, i32)] = &[
+            (java_string_hash("hello"), 99_162_322),
+            (java_string_hash(""), 0),
+            (java_string_hash("a"), 97),
+            (java_string_hash("polygenelubricants"), i32::MIN),
+            (java_string_hash("\u{1F600}"), 1_772_899), // "😀": UTF-16 0xD83D * 31 + 0xDE00
+            (java_long_hash(1), 1),
+            (java_long_hash(-1), 0),
+            (java_long_hash(1 << 32), 1),
+            (true.java_hash_code(), 1231),
+        ];
+        for (i, (got, want)) in cases.iter().enumerate() {
+            assert_eq!(got, want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn murmur_hash_is_never_negative() {
+        for code in [i32::MIN, -1, 0, 1, i32::MAX, 99_162_322] {
+            assert!(murmur_hash(code) >= 0, "{code}");
+        }
+    }
+
+    #[test]
+    fn default_max_parallelism_follows_flink() {
+        let cases: &[(u32, u32)] = &[(1, 128), (85, 128), (86, 256), (100, 256), (1000, 2048), (30_000, 32_768)];
+        for &(p, want) in cases {
+            assert_eq!(default_max_parallelism(p), want, "p={p}");
+        }
+    }
+
+    #[test]
+    fn ranges_for_a_small_example() {
+        let got: Vec<_> = (0..3).map(|i| KeyGroupRange::for_operator_index(10, 3, SubtaskIndex(i))).collect();
+        assert_eq!(got, vec![KeyGroupRange::new(0, 3), KeyGroupRange::new(4, 6), KeyGroupRange::new(7, 9)]);
+    }
+
+    proptest! {
+        /// For every parallelism, the ranges are contiguous, disjoint and cover [0, maxP);
+        /// and a key group's operator index is the subtask whose range holds it.
+        #[test]
+        fn ranges_partition_every_key_group(max_p in 1u32..=4096, p_seed in 1u32..=4096) {
+            let p = 1 + (p_seed - 1) % max_p;
+            let mut next = 0u32;
+            for i in 0..p {
+                let r = KeyGroupRange::for_operator_index(max_p, p, SubtaskIndex(i));
+                prop_assert_eq!(r.start, next);
+                prop_assert!(!r.is_empty(), "subtask {} of {} got no key group at maxP {}", i, p, max_p);
+                for kg in [r.start, r.end] {
+                    prop_assert_eq!(operator_index_for_key_group(max_p, p, KeyGroup(kg)), SubtaskIndex(i));
+                }
+                next = r.end + 1;
+            }
+            prop_assert_eq!(next, max_p);
+        }
+
+        #[test]
+        fn every_key_lands_in_range(key in ".*", max_p in 1u32..=32768) {
+            let kg = key_group_for_key(&key, max_p);
+            prop_assert!(kg.0 < max_p);
+        }
+    }
+}

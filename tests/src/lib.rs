@@ -1,0 +1,1 @@
+//! floe's integration tests live in `tests/tests/`.
