@@ -1,1 +1,231 @@
-//! (being written)
+//! Keyed process: a user function with keyed state and timers, after a `key_by`
+//! (Flink's `KeyedProcessOperator` running a `KeyedProcessFunction`).
+//!
+//! For every record the operator extracts its key, makes it the backend's current key, and calls
+//! [`KeyedProcessFunction::process_element`]; state the function touches is scoped to that key.
+//! Watermarks fire the event-time timers that are due, processing time fires processing-time
+//! timers; for each fired timer the timer's key becomes current and
+//! [`KeyedProcessFunction::on_timer`] runs.
+
+use super::{Data, Operator, OperatorContext, OperatorError, OperatorResult};
+use crate::element::{Timestamp, Watermark};
+use crate::key_groups::Key;
+use crate::state::{FiredTimer, KeyedStateBackend};
+use std::marker::PhantomData;
+
+/// What a keyed process function sees besides the record: its key, keyed state, time, timers.
+pub struct KeyedContext<'a, K> {
+    /// The current key.
+    pub key: &'a K,
+    /// Keyed state, scoped to `key`.
+    pub state: &'a mut KeyedStateBackend,
+    /// Processing time now.
+    pub now_ms: u64,
+    /// The operator's current event-time watermark.
+    pub watermark: Timestamp,
+}
+
+impl<K> KeyedContext<'_, K> {
+    /// Fires `on_timer` for this key once the watermark reaches `timestamp`.
+    pub fn register_event_time_timer(&mut self, timestamp: Timestamp) {
+        self.state.register_event_time_timer(timestamp);
+    }
+
+    /// Fires `on_timer` for this key once processing time reaches `timestamp_ms`.
+    pub fn register_processing_time_timer(&mut self, timestamp_ms: Timestamp) {
+        self.state.register_processing_time_timer(timestamp_ms);
+    }
+}
+
+/// A user function over a keyed stream.
+pub trait KeyedProcessFunction: Send + 'static {
+    /// The key type.
+    type Key: Key;
+    /// Input records.
+    type In: Data;
+    /// Output records.
+    type Out: Data;
+
+    /// Handles one record; state in `ctx.state` is scoped to `ctx.key`.
+    fn process_element(&mut self, record: Self::In, ctx: &mut KeyedContext<'_, Self::Key>, out: &mut Vec<Self::Out>) -> OperatorResult;
+
+    /// A timer registered for `ctx.key` fired at `timestamp`.
+    fn on_timer(&mut self, _timestamp: Timestamp, _ctx: &mut KeyedContext<'_, Self::Key>, _out: &mut Vec<Self::Out>) -> OperatorResult {
+        Ok(())
+    }
+}
+
+/// Runs a [`KeyedProcessFunction`], extracting each record's key with the `key_by` selector.
+pub struct KeyedProcessOperator<F: KeyedProcessFunction, S> {
+    function: F,
+    key_selector: S,
+    watermark: Timestamp,
+    _types: PhantomData<fn() -> F>,
+}
+
+impl<F: KeyedProcessFunction, S> KeyedProcessOperator<F, S> {
+    /// Wraps `function`; `key_selector` must be the selector of the `key_by` before this operator.
+    pub fn new(function: F, key_selector: S) -> Self {
+        KeyedProcessOperator { function, key_selector, watermark: Watermark::MIN.0, _types: PhantomData }
+    }
+
+    fn fire(&mut self, state: &mut KeyedStateBackend, now_ms: u64, timers: Vec<FiredTimer>, out: &mut Vec<F::Out>) -> OperatorResult {
+        for timer in timers {
+            let key: F::Key = timer.key().map_err(|e| OperatorError::State(e.to_string()))?;
+            state.set_current_key(&key);
+            let mut kctx = KeyedContext { key: &key, state: &mut *state, now_ms, watermark: self.watermark };
+            self.function.on_timer(timer.timestamp, &mut kctx, out)?;
+        }
+        Ok(())
+    }
+}
+
+impl<F, S> Operator for KeyedProcessOperator<F, S>
+where
+    F: KeyedProcessFunction,
+    S: Fn(&F::In) -> F::Key + Send + 'static,
+{
+    type In = F::In;
+    type Out = F::Out;
+
+    fn process_batch(&mut self, ctx: &mut OperatorContext<'_>, input: Vec<F::In>, out: &mut Vec<F::Out>) -> OperatorResult {
+        let now_ms = ctx.now_ms;
+        let watermark = self.watermark;
+        let state = ctx.keyed();
+        for record in input {
+            let key = (self.key_selector)(&record);
+            state.set_current_key(&key);
+            let mut kctx = KeyedContext { key: &key, state: &mut *state, now_ms, watermark };
+            self.function.process_element(record, &mut kctx, out)?;
+        }
+        Ok(())
+    }
+
+    fn process_watermark(&mut self, ctx: &mut OperatorContext<'_>, watermark: Watermark, out: &mut Vec<F::Out>) -> OperatorResult {
+        if watermark.0 <= self.watermark {
+            return Ok(());
+        }
+        self.watermark = watermark.0;
+        let now_ms = ctx.now_ms;
+        let state = ctx.keyed();
+        let fired = state.advance_watermark(watermark.0);
+        self.fire(state, now_ms, fired, out)
+    }
+
+    fn advance_processing_time(&mut self, ctx: &mut OperatorContext<'_>, out: &mut Vec<F::Out>) -> OperatorResult {
+        let now_ms = ctx.now_ms;
+        let state = ctx.keyed();
+        let fired = state.advance_processing_time(now_ms as Timestamp);
+        self.fire(state, now_ms, fired, out)
+    }
+}
+
+/// Flink's classic stateful word count as a keyed process function: keeps a `ValueState<u64>`
+/// count per word and emits `(word, running_count)` for every occurrence.
+#[derive(Clone, Debug, Default)]
+pub struct RunningCount;
+
+/// The state descriptor [`RunningCount`] uses.
+pub fn running_count_descriptor() -> crate::state::ValueStateDescriptor<u64> {
+    crate::state::ValueStateDescriptor::new("count")
+}
+
+impl KeyedProcessFunction for RunningCount {
+    type Key = String;
+    type In = String;
+    type Out = (String, u64);
+
+    fn process_element(&mut self, word: String, ctx: &mut KeyedContext<'_, String>, out: &mut Vec<(String, u64)>) -> OperatorResult {
+        let desc = running_count_descriptor();
+        let mut count = ctx.state.value(&desc).map_err(|e| OperatorError::State(e.to_string()))?;
+        let n = count.value().map_err(|e| OperatorError::State(e.to_string()))?.unwrap_or(0) + 1;
+        count.update(n).map_err(|e| OperatorError::State(e.to_string()))?;
+        out.push((word, n));
+        Ok(())
+    }
+}
+
+/// Keyed functions for tests elsewhere in the crate.
+#[cfg(test)]
+pub mod tests_support {
+    use super::*;
+
+    /// Emits every record unchanged (a keyed no-op).
+    pub struct Forward<K, T>(PhantomData<fn() -> (K, T)>);
+
+    impl<K, T> Default for Forward<K, T> {
+        fn default() -> Self {
+            Forward(PhantomData)
+        }
+    }
+
+    impl<K, T> Clone for Forward<K, T> {
+        fn clone(&self) -> Self {
+            Forward(PhantomData)
+        }
+    }
+
+    impl<K: Key, T: Data> KeyedProcessFunction for Forward<K, T> {
+        type Key = K;
+        type In = T;
+        type Out = T;
+        fn process_element(&mut self, record: T, _ctx: &mut KeyedContext<'_, K>, out: &mut Vec<T>) -> OperatorResult {
+            out.push(record);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key_groups::KeyGroupRange;
+    use crate::operator::test_support::Harness;
+
+    #[test]
+    fn running_count_emits_each_words_running_count_in_order() {
+        let mut h = Harness::keyed(KeyedProcessOperator::new(RunningCount, |w: &String| w.clone()), 128, KeyGroupRange::all(128));
+        let words = |ws: &[&str]| ws.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        let got = h.batch(words(&["a", "b", "a", "a", "b", "c"]));
+        let want: Vec<(String, u64)> = [("a", 1), ("b", 1), ("a", 2), ("a", 3), ("b", 2), ("c", 1)].iter().map(|(w, n)| (w.to_string(), *n)).collect();
+        assert_eq!(got, want);
+        assert_eq!(h.batch(words(&["c"])), vec![("c".to_string(), 2)]);
+    }
+
+    /// Sums values per key and emits the sum when the event-time timer at the key's deadline fires.
+    #[derive(Clone)]
+    struct SumUntil;
+    impl KeyedProcessFunction for SumUntil {
+        type Key = String;
+        type In = (String, i64, u64); // key, deadline, value
+        type Out = (String, i64, u64);
+        fn process_element(&mut self, (key, deadline, v): Self::In, ctx: &mut KeyedContext<'_, String>, _out: &mut Vec<Self::Out>) -> OperatorResult {
+            let desc = crate::state::ValueStateDescriptor::<u64>::new("sum");
+            let mut s = ctx.state.value(&desc).map_err(|e| OperatorError::State(e.to_string()))?;
+            let sum = s.value().map_err(|e| OperatorError::State(e.to_string()))?.unwrap_or(0) + v;
+            s.update(sum).map_err(|e| OperatorError::State(e.to_string()))?;
+            let _ = key;
+            ctx.register_event_time_timer(deadline);
+            Ok(())
+        }
+        fn on_timer(&mut self, ts: Timestamp, ctx: &mut KeyedContext<'_, String>, out: &mut Vec<Self::Out>) -> OperatorResult {
+            let desc = crate::state::ValueStateDescriptor::<u64>::new("sum");
+            let mut s = ctx.state.value(&desc).map_err(|e| OperatorError::State(e.to_string()))?;
+            let sum = s.value().map_err(|e| OperatorError::State(e.to_string()))?.unwrap_or(0);
+            s.clear();
+            out.push((ctx.key.clone(), ts, sum));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn event_time_timers_fire_per_key_when_the_watermark_passes_them() {
+        let mut h = Harness::keyed(KeyedProcessOperator::new(SumUntil, |r: &(String, i64, u64)| r.0.clone()), 128, KeyGroupRange::all(128));
+        let rec = |k: &str, d: i64, v: u64| (k.to_string(), d, v);
+        assert!(h.batch(vec![rec("a", 10, 1), rec("b", 20, 5), rec("a", 10, 2)]).is_empty());
+        assert_eq!(h.watermark(9), vec![]);
+        assert_eq!(h.watermark(10), vec![rec("a", 10, 3)]);
+        assert_eq!(h.watermark(10), vec![], "a repeated watermark fires nothing");
+        assert_eq!(h.watermark(100), vec![rec("b", 20, 5)]);
+    }
+}

@@ -25,6 +25,8 @@ pub mod keyed_process;
 pub mod map;
 pub mod sink;
 pub mod source;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 use crate::element::{Timestamp, Watermark};
 use crate::ids::{AttemptId, CheckpointId, SubtaskIndex};

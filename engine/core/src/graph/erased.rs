@@ -1,0 +1,281 @@
+//! Type erasure between the typed DataStream API and the runtime.
+//!
+//! The job API is typed (`DataStream<T>`), but a host runs whatever job it is given, so the
+//! execution graph holds operators and edges behind object-safe traits. A batch travels as an
+//! [`AnyBatch`] (a boxed `Vec<T>` for the edge's `T`); each edge knows how to encode, decode and
+//! route batches of its type; each operator checks the type of the batch it receives (a wrong
+//! type is a host bug, reported as [`OperatorError::Protocol`], never a panic).
+
+use crate::codec::{self, CodecError};
+use crate::element::Watermark;
+use crate::ids::CheckpointId;
+use crate::key_groups::{key_group_for_key, operator_index_for_key_group, Key};
+use crate::operator::{Data, Operator, OperatorContext, OperatorError, OperatorResult};
+use std::any::Any;
+use std::sync::Arc;
+
+/// A batch of records of some edge's type: always a `Vec<T>` inside.
+pub type AnyBatch = Box<dyn Any + Send>;
+
+/// How records are distributed from a producer's subtasks to a consumer's subtasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Partitioner {
+    /// Producer subtask `i` sends to consumer subtask `i` (equal parallelism); chainable.
+    Forward,
+    /// By key group of the record's key, to the consumer subtask owning it.
+    Hash {
+        /// The consumer's max parallelism: the number of key groups.
+        max_parallelism: u32,
+    },
+    /// Round robin over every consumer subtask, record by record.
+    Rebalance,
+    /// Every record to every consumer subtask.
+    Broadcast,
+}
+
+/// An operator behind an object-safe trait (see [`Operator`] for the protocol).
+pub trait DynOperator: Send {
+    /// See [`Operator::initialize_state`].
+    fn initialize_state(&mut self, ctx: &mut OperatorContext<'_>, restored_from: Option<CheckpointId>) -> OperatorResult;
+    /// See [`Operator::process_batch`]; returns the output batch.
+    fn process_batch(&mut self, ctx: &mut OperatorContext<'_>, input: AnyBatch) -> Result<AnyBatch, OperatorError>;
+    /// See [`Operator::process_watermark`]; returns the output batch.
+    fn process_watermark(&mut self, ctx: &mut OperatorContext<'_>, watermark: Watermark) -> Result<AnyBatch, OperatorError>;
+    /// See [`Operator::advance_processing_time`]; returns the output batch.
+    fn advance_processing_time(&mut self, ctx: &mut OperatorContext<'_>) -> Result<AnyBatch, OperatorError>;
+    /// See [`Operator::snapshot_state`].
+    fn snapshot_state(&mut self, ctx: &mut OperatorContext<'_>, id: CheckpointId) -> OperatorResult;
+    /// See [`Operator::notify_checkpoint_complete`].
+    fn notify_checkpoint_complete(&mut self, ctx: &mut OperatorContext<'_>, id: CheckpointId) -> OperatorResult;
+    /// See [`Operator::notify_checkpoint_aborted`].
+    fn notify_checkpoint_aborted(&mut self, ctx: &mut OperatorContext<'_>, id: CheckpointId) -> OperatorResult;
+    /// See [`Operator::end_of_input`]; returns the output batch.
+    fn end_of_input(&mut self, ctx: &mut OperatorContext<'_>) -> Result<AnyBatch, OperatorError>;
+}
+
+/// Erases an [`Operator`].
+pub struct Erased<O>(pub O);
+
+fn downcast<T: Data>(batch: AnyBatch) -> Result<Vec<T>, OperatorError> {
+    batch
+        .downcast::<Vec<T>>()
+        .map(|b| *b)
+        .map_err(|_| OperatorError::Protocol(format!("expected a batch of {}", std::any::type_name::<T>())))
+}
+
+impl<O: Operator> DynOperator for Erased<O> {
+    fn initialize_state(&mut self, ctx: &mut OperatorContext<'_>, restored_from: Option<CheckpointId>) -> OperatorResult {
+        self.0.initialize_state(ctx, restored_from)
+    }
+
+    fn process_batch(&mut self, ctx: &mut OperatorContext<'_>, input: AnyBatch) -> Result<AnyBatch, OperatorError> {
+        let input = downcast::<O::In>(input)?;
+        let mut out = Vec::new();
+        self.0.process_batch(ctx, input, &mut out)?;
+        Ok(Box::new(out))
+    }
+
+    fn process_watermark(&mut self, ctx: &mut OperatorContext<'_>, watermark: Watermark) -> Result<AnyBatch, OperatorError> {
+        let mut out: Vec<O::Out> = Vec::new();
+        self.0.process_watermark(ctx, watermark, &mut out)?;
+        Ok(Box::new(out))
+    }
+
+    fn advance_processing_time(&mut self, ctx: &mut OperatorContext<'_>) -> Result<AnyBatch, OperatorError> {
+        let mut out: Vec<O::Out> = Vec::new();
+        self.0.advance_processing_time(ctx, &mut out)?;
+        Ok(Box::new(out))
+    }
+
+    fn snapshot_state(&mut self, ctx: &mut OperatorContext<'_>, id: CheckpointId) -> OperatorResult {
+        self.0.snapshot_state(ctx, id)
+    }
+
+    fn notify_checkpoint_complete(&mut self, ctx: &mut OperatorContext<'_>, id: CheckpointId) -> OperatorResult {
+        self.0.notify_checkpoint_complete(ctx, id)
+    }
+
+    fn notify_checkpoint_aborted(&mut self, ctx: &mut OperatorContext<'_>, id: CheckpointId) -> OperatorResult {
+        self.0.notify_checkpoint_aborted(ctx, id)
+    }
+
+    fn end_of_input(&mut self, ctx: &mut OperatorContext<'_>) -> Result<AnyBatch, OperatorError> {
+        let mut out: Vec<O::Out> = Vec::new();
+        self.0.end_of_input(ctx, &mut out)?;
+        Ok(Box::new(out))
+    }
+}
+
+/// Makes a fresh operator instance for one subtask.
+pub type OperatorFactory = Arc<dyn Fn() -> Box<dyn DynOperator> + Send + Sync>;
+
+/// Routes one batch: appends `(consumer subtask, sub-batch)` pairs.
+type RouteFn = Arc<dyn Fn(AnyBatch, &Partitioner, u32, &mut RouteState, &mut Vec<(u32, AnyBatch)>) -> Result<(), OperatorError> + Send + Sync>;
+
+/// Per-writer routing state (the rebalance cursor).
+#[derive(Clone, Debug, Default)]
+pub struct RouteState {
+    /// The next consumer for round robin.
+    pub next: u32,
+}
+
+/// Everything a host needs to move batches of one edge's record type.
+#[derive(Clone)]
+pub struct EdgeFns {
+    /// The record type's name, for error messages.
+    pub type_name: &'static str,
+    encode: fn(&AnyBatch) -> Result<Vec<u8>, CodecError>,
+    decode: fn(&[u8]) -> Result<AnyBatch, CodecError>,
+    len: fn(&AnyBatch) -> usize,
+    route: RouteFn,
+}
+
+impl std::fmt::Debug for EdgeFns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeFns").field("type_name", &self.type_name).finish()
+    }
+}
+
+fn encode_batch<T: Data>(batch: &AnyBatch) -> Result<Vec<u8>, CodecError> {
+    let records = batch.downcast_ref::<Vec<T>>().ok_or_else(|| CodecError::Encode(format!("not a batch of {}", std::any::type_name::<T>())))?;
+    codec::to_bytes(records)
+}
+
+fn decode_batch<T: Data>(bytes: &[u8]) -> Result<AnyBatch, CodecError> {
+    Ok(Box::new(codec::from_bytes::<Vec<T>>(bytes)?))
+}
+
+fn batch_len<T: Data>(batch: &AnyBatch) -> usize {
+    batch.downcast_ref::<Vec<T>>().map_or(0, Vec::len)
+}
+
+fn route_unkeyed<T: Data>(batch: Vec<T>, partitioner: &Partitioner, targets: u32, state: &mut RouteState, out: &mut Vec<(u32, AnyBatch)>) -> Result<(), OperatorError> {
+    debug_assert!(targets >= 1);
+    match partitioner {
+        Partitioner::Forward => out.push((0, Box::new(batch))),
+        Partitioner::Broadcast => {
+            for t in 0..targets {
+                out.push((t, Box::new(batch.clone())));
+            }
+        }
+        Partitioner::Rebalance => {
+            let mut parts: Vec<Vec<T>> = (0..targets).map(|_| Vec::new()).collect();
+            for record in batch {
+                parts[state.next as usize].push(record);
+                state.next = (state.next + 1) % targets;
+            }
+            out.extend(parts.into_iter().enumerate().filter(|(_, p)| !p.is_empty()).map(|(t, p)| (t as u32, Box::new(p) as AnyBatch)));
+        }
+        Partitioner::Hash { .. } => return Err(OperatorError::Protocol("hash partitioning needs a key_by".into())),
+    }
+    Ok(())
+}
+
+impl EdgeFns {
+    /// The functions for an edge carrying `T`, without a key.
+    pub fn unkeyed<T: Data>() -> Self {
+        EdgeFns {
+            type_name: std::any::type_name::<T>(),
+            encode: encode_batch::<T>,
+            decode: decode_batch::<T>,
+            len: batch_len::<T>,
+            route: Arc::new(|batch, partitioner, targets, state, out| route_unkeyed::<T>(downcast::<T>(batch)?, partitioner, targets, state, out)),
+        }
+    }
+
+    /// The functions for an edge carrying `T`, keyed by `selector` (for hash partitioning).
+    pub fn keyed<T: Data, K: Key>(selector: Arc<dyn Fn(&T) -> K + Send + Sync>) -> Self {
+        let route: RouteFn = Arc::new(move |batch, partitioner, targets, state, out| {
+            let batch = downcast::<T>(batch)?;
+            let Partitioner::Hash { max_parallelism } = *partitioner else {
+                return route_unkeyed::<T>(batch, partitioner, targets, state, out);
+            };
+            let mut parts: Vec<Vec<T>> = (0..targets).map(|_| Vec::new()).collect();
+            for record in batch {
+                let kg = key_group_for_key(&selector(&record), max_parallelism);
+                let target = operator_index_for_key_group(max_parallelism, targets, kg);
+                parts[target.0 as usize].push(record);
+            }
+            out.extend(parts.into_iter().enumerate().filter(|(_, p)| !p.is_empty()).map(|(t, p)| (t as u32, Box::new(p) as AnyBatch)));
+            Ok(())
+        });
+        EdgeFns { route, ..EdgeFns::unkeyed::<T>() }
+    }
+
+    /// Encodes a batch for a channel.
+    pub fn encode(&self, batch: &AnyBatch) -> Result<Vec<u8>, CodecError> {
+        (self.encode)(batch)
+    }
+
+    /// Decodes a batch received on a channel. Bytes from the network never panic this.
+    pub fn decode(&self, bytes: &[u8]) -> Result<AnyBatch, CodecError> {
+        (self.decode)(bytes)
+    }
+
+    /// The number of records in a batch (0 if it is of another type).
+    pub fn len(&self, batch: &AnyBatch) -> usize {
+        (self.len)(batch)
+    }
+
+    /// Splits a batch among `targets` consumer subtasks (indices relative to the consumer;
+    /// with `Forward` the single target is 0, meaning "the one forward channel").
+    pub fn route(&self, batch: AnyBatch, partitioner: &Partitioner, targets: u32, state: &mut RouteState, out: &mut Vec<(u32, AnyBatch)>) -> Result<(), OperatorError> {
+        (self.route)(batch, partitioner, targets, state, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routed(fns: &EdgeFns, batch: Vec<String>, p: Partitioner, targets: u32) -> Vec<(u32, Vec<String>)> {
+        let mut out = Vec::new();
+        fns.route(Box::new(batch), &p, targets, &mut RouteState::default(), &mut out).unwrap();
+        out.into_iter().map(|(t, b)| (t, *b.downcast::<Vec<String>>().unwrap())).collect()
+    }
+
+    fn words(ws: &[&str]) -> Vec<String> {
+        ws.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn partitioners_route_as_flink_does() {
+        let keyed = EdgeFns::keyed::<String, String>(Arc::new(|w: &String| w.clone()));
+        // "hello" is key group 35 at max parallelism 128: subtask 1 of 7, 3 of 13.
+        assert_eq!(routed(&keyed, words(&["hello"]), Partitioner::Hash { max_parallelism: 128 }, 7), vec![(1, words(&["hello"]))]);
+        assert_eq!(routed(&keyed, words(&["hello"]), Partitioner::Hash { max_parallelism: 128 }, 13), vec![(3, words(&["hello"]))]);
+        let plain = EdgeFns::unkeyed::<String>();
+        assert_eq!(routed(&plain, words(&["a", "b", "c"]), Partitioner::Rebalance, 2), vec![(0, words(&["a", "c"])), (1, words(&["b"]))]);
+        assert_eq!(routed(&plain, words(&["a"]), Partitioner::Broadcast, 3), vec![(0, words(&["a"])), (1, words(&["a"])), (2, words(&["a"]))]);
+        assert_eq!(routed(&plain, words(&["a", "b"]), Partitioner::Forward, 1), vec![(0, words(&["a", "b"]))]);
+    }
+
+    #[test]
+    fn hash_routing_keeps_every_record_once_and_each_key_on_one_target() {
+        let keyed = EdgeFns::keyed::<String, String>(Arc::new(|w: &String| w.clone()));
+        let input: Vec<String> = (0..500).map(|i| format!("w{}", i % 37)).collect();
+        let out = routed(&keyed, input.clone(), Partitioner::Hash { max_parallelism: 128 }, 3);
+        let total: usize = out.iter().map(|(_, b)| b.len()).sum();
+        assert_eq!(total, input.len());
+        let mut owner = std::collections::BTreeMap::new();
+        for (t, batch) in &out {
+            for w in batch {
+                assert_eq!(*owner.entry(w.clone()).or_insert(*t), *t, "{w} went to two targets");
+            }
+        }
+    }
+
+    #[test]
+    fn batches_round_trip_and_bad_bytes_are_errors() {
+        let fns = EdgeFns::unkeyed::<(String, u64)>();
+        let batch: AnyBatch = Box::new(vec![("a".to_string(), 1u64), ("b".to_string(), 2)]);
+        let bytes = fns.encode(&batch).unwrap();
+        let back = fns.decode(&bytes).unwrap();
+        assert_eq!(fns.len(&back), 2);
+        assert!(fns.decode(&[0xff, 0xff, 0xff]).is_err());
+        let wrong: AnyBatch = Box::new(vec![1u8]);
+        assert!(fns.encode(&wrong).is_err());
+        let mut out = Vec::new();
+        assert!(matches!(fns.route(wrong, &Partitioner::Forward, 1, &mut RouteState::default(), &mut out), Err(OperatorError::Protocol(_))));
+    }
+}
