@@ -471,3 +471,728 @@ impl<T: Data> Operator for TwoPhaseCommitSinkWriter<T> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{AttemptId, SubtaskIndex};
+    use crate::state::{redistribute, OperatorStateStore};
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    fn encode_u64(v: &u64) -> Result<Vec<u8>, String> {
+        if *v == u64::MAX {
+            return Err("u64::MAX is not encodable".into());
+        }
+        Ok(v.to_le_bytes().to_vec())
+    }
+
+    fn decode_u64(bytes: &[u8]) -> u64 {
+        u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
+    }
+
+    fn tid(s: &str) -> TransactionalId {
+        TransactionalId::parse(s).unwrap()
+    }
+
+    /// One sink subtask: its writer, operator state store, emitted commands, and (for the broker
+    /// model) the producer epoch it got for each transactional id.
+    struct Subtask {
+        writer: TwoPhaseCommitSinkWriter<u64>,
+        store: OperatorStateStore,
+        commands: Vec<OperatorCommand>,
+        index: u32,
+        parallelism: u32,
+        epochs: BTreeMap<String, u64>,
+    }
+
+    impl Subtask {
+        fn new(mode: SinkMode, index: u32, parallelism: u32, store: OperatorStateStore) -> Self {
+            let writer = TwoPhaseCommitSinkWriter::new("sink", mode, encode_u64).unwrap();
+            Subtask { writer, store, commands: vec![], index, parallelism, epochs: BTreeMap::new() }
+        }
+
+        fn with<R>(&mut self, f: impl FnOnce(&mut TwoPhaseCommitSinkWriter<u64>, &mut OperatorContext<'_>) -> R) -> R {
+            let mut ctx = OperatorContext {
+                now_ms: 0,
+                subtask: SubtaskIndex(self.index),
+                parallelism: self.parallelism,
+                attempt: AttemptId(1),
+                keyed: None,
+                operator_state: &mut self.store,
+                commands: &mut self.commands,
+            };
+            f(&mut self.writer, &mut ctx)
+        }
+
+        fn apply(&mut self, event: &Event) -> OperatorResult {
+            match event {
+                Event::Init(restored) => self.with(|w, ctx| w.initialize_state(ctx, restored.map(CheckpointId))),
+                Event::Batch(records) => self.with(|w, ctx| w.process_batch(ctx, records.to_vec(), &mut vec![])),
+                Event::Snapshot(n) => self.with(|w, ctx| w.snapshot_state(ctx, CheckpointId(*n))),
+                Event::Complete(n) => self.with(|w, ctx| w.notify_checkpoint_complete(ctx, CheckpointId(*n))),
+                Event::Aborted(n) => self.with(|w, ctx| w.notify_checkpoint_aborted(ctx, CheckpointId(*n))),
+                Event::EndOfInput => self.with(|w, ctx| w.end_of_input(ctx, &mut vec![])),
+            }
+        }
+
+        fn take_rendered(&mut self) -> Vec<String> {
+            self.commands.drain(..).map(|c| render(&c)).collect()
+        }
+
+        fn take_sink_commands(&mut self) -> Vec<SinkCommand> {
+            self.commands
+                .drain(..)
+                .map(|c| match c {
+                    OperatorCommand::Sink(c) => c,
+                    other => panic!("unexpected command {other:?}"),
+                })
+                .collect()
+        }
+    }
+
+    fn render(command: &OperatorCommand) -> String {
+        let values = |records: &[Vec<u8>]| records.iter().map(|r| decode_u64(r)).collect::<Vec<_>>();
+        match command {
+            OperatorCommand::Sink(SinkCommand::Begin { id }) => format!("begin {id}"),
+            OperatorCommand::Sink(SinkCommand::Write { id, records }) => format!("write {id} {:?}", values(records)),
+            OperatorCommand::Sink(SinkCommand::PreCommit { id }) => format!("precommit {id}"),
+            OperatorCommand::Sink(SinkCommand::Commit { id }) => format!("commit {id}"),
+            OperatorCommand::Sink(SinkCommand::AbortLater { prefix, after, owner, parallelism }) => {
+                format!("abort {prefix} >{} {owner}%{parallelism}", after.0)
+            }
+            OperatorCommand::Sink(SinkCommand::PlainWrite { records }) => format!("plain {:?}", values(records)),
+            other => panic!("unexpected command {other:?}"),
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Event {
+        Init(Option<u64>),
+        Batch(&'static [u64]),
+        Snapshot(u64),
+        Complete(u64),
+        Aborted(u64),
+        EndOfInput,
+    }
+
+    fn snapshot_store(store: &OperatorStateStore) -> Vec<u8> {
+        store.snapshot()
+    }
+
+    fn restored_stores(snapshots: &[Vec<u8>], parallelism: u32) -> Vec<OperatorStateStore> {
+        redistribute(snapshots, parallelism)
+            .unwrap()
+            .into_iter()
+            .map(|bytes| {
+                let mut store = OperatorStateStore::new();
+                store.restore(&bytes).unwrap();
+                store
+            })
+            .collect()
+    }
+
+    #[test]
+    fn transactional_ids_round_trip_through_their_string_form() {
+        let cases: &[(&str, u32, u64, &str)] = &[
+            ("sink", 0, 1, "sink-0-1"),
+            ("word-count-out", 3, 12, "word-count-out-3-12"),
+            ("x", 4_294_967_295, u64::MAX, "x-4294967295-18446744073709551615"),
+            ("a--b", 10, 0, "a--b-10-0"),
+        ];
+        for &(prefix, subtask, checkpoint, text) in cases {
+            let id = TransactionalId::new(prefix, subtask, CheckpointId(checkpoint));
+            assert_eq!(id.to_string(), text);
+            assert_eq!(TransactionalId::parse(text), Ok(id.clone()));
+            assert_eq!(text.parse::<TransactionalId>(), Ok(id));
+        }
+    }
+
+    #[test]
+    fn anything_else_is_not_a_transactional_id() {
+        let malformed = |id: &str| TransactionalIdError::Malformed { id: id.into() };
+        let bad = |id: &str, field: &'static str, text: &str| TransactionalIdError::BadNumber { id: id.into(), field, text: text.into() };
+        let cases: Vec<(&str, TransactionalIdError)> = vec![
+            ("", malformed("")),
+            ("sink", malformed("sink")),
+            ("sink-1", malformed("sink-1")),
+            ("-1-2", TransactionalIdError::EmptyPrefix { id: "-1-2".into() }),
+            ("sink-01-2", bad("sink-01-2", "subtask", "01")),
+            ("sink-1-02", bad("sink-1-02", "checkpoint", "02")),
+            ("sink-1-+2", bad("sink-1-+2", "checkpoint", "+2")),
+            ("sink-x-2", bad("sink-x-2", "subtask", "x")),
+            ("sink-1-", bad("sink-1-", "checkpoint", "")),
+            ("sink--2", bad("sink--2", "subtask", "")),
+            ("sink-1-2 ", bad("sink-1-2 ", "checkpoint", "2 ")),
+            ("sink-4294967296-1", bad("sink-4294967296-1", "subtask", "4294967296")),
+            ("sink-1-18446744073709551616", bad("sink-1-18446744073709551616", "checkpoint", "18446744073709551616")),
+        ];
+        for (text, want) in cases {
+            assert_eq!(TransactionalId::parse(text), Err(want), "{text:?}");
+        }
+        assert!(TwoPhaseCommitSinkWriter::<u64>::new("", SinkMode::Transactional, encode_u64).is_err());
+    }
+
+    #[test]
+    fn each_event_sequence_emits_exactly_these_commands() {
+        use Event::*;
+        type Case = (&'static str, SinkMode, u32, u32, Vec<Event>, Vec<&'static str>);
+        let cases: Vec<Case> = vec![
+            ("a fresh start aborts leftovers and begins transaction 1", SinkMode::Transactional, 0, 1, vec![Init(None)], vec![
+                "abort sink >0 0%1",
+                "begin sink-0-1",
+            ]),
+            ("a subtask's ids carry its index", SinkMode::Transactional, 2, 3, vec![Init(None), Batch(&[5])], vec![
+                "abort sink >0 2%3",
+                "begin sink-2-1",
+                "write sink-2-1 [5]",
+            ]),
+            (
+                "a barrier pre-commits, begins the next, and completion commits",
+                SinkMode::Transactional, 0, 1,
+                vec![Init(None), Batch(&[1, 2]), Snapshot(1), Batch(&[3]), Complete(1)],
+                vec!["abort sink >0 0%1", "begin sink-0-1", "write sink-0-1 [1, 2]", "precommit sink-0-1", "begin sink-0-2", "write sink-0-2 [3]", "commit sink-0-1"],
+            ),
+            (
+                "completing 2 subsumes 1 whose notification was lost",
+                SinkMode::Transactional, 0, 1,
+                vec![Init(None), Snapshot(1), Snapshot(2), Complete(2)],
+                vec!["abort sink >0 0%1", "begin sink-0-1", "precommit sink-0-1", "begin sink-0-2", "precommit sink-0-2", "begin sink-0-3", "commit sink-0-1", "commit sink-0-2"],
+            ),
+            (
+                "completing 1 commits only what is at most 1",
+                SinkMode::Transactional, 0, 1,
+                vec![Init(None), Snapshot(1), Snapshot(2), Complete(1), Complete(2), Complete(2)],
+                vec!["abort sink >0 0%1", "begin sink-0-1", "precommit sink-0-1", "begin sink-0-2", "precommit sink-0-2", "begin sink-0-3", "commit sink-0-1", "commit sink-0-2"],
+            ),
+            (
+                "an aborted checkpoint commits nothing; the next completion commits it",
+                SinkMode::Transactional, 0, 1,
+                vec![Init(None), Batch(&[1]), Snapshot(1), Aborted(1), Batch(&[2]), Snapshot(2), Complete(2)],
+                vec!["abort sink >0 0%1", "begin sink-0-1", "write sink-0-1 [1]", "precommit sink-0-1", "begin sink-0-2", "write sink-0-2 [2]", "precommit sink-0-2", "begin sink-0-3", "commit sink-0-1", "commit sink-0-2"],
+            ),
+            (
+                "checkpoint ids may skip: the next transaction is named after the barrier",
+                SinkMode::Transactional, 0, 1,
+                vec![Init(Some(3)), Snapshot(6), Complete(6)],
+                vec!["abort sink >3 0%1", "begin sink-0-4", "precommit sink-0-4", "begin sink-0-7", "commit sink-0-4"],
+            ),
+            (
+                "empty batches, aborts of unknown checkpoints and end of input emit nothing",
+                SinkMode::Transactional, 0, 1,
+                vec![Init(None), Batch(&[]), Aborted(7), Complete(0), EndOfInput],
+                vec!["abort sink >0 0%1", "begin sink-0-1"],
+            ),
+            (
+                "plain mode writes at once and never transacts",
+                SinkMode::Plain, 0, 1,
+                vec![Init(None), Batch(&[1, 2]), Snapshot(1), Batch(&[3]), Complete(1), EndOfInput],
+                vec!["plain [1, 2]", "plain [3]"],
+            ),
+        ];
+        for (name, mode, index, parallelism, events, want) in cases {
+            let mut s = Subtask::new(mode, index, parallelism, OperatorStateStore::new());
+            for event in &events {
+                s.apply(event).unwrap_or_else(|e| panic!("{name}: {event:?}: {e}"));
+            }
+            assert_eq!(s.take_rendered(), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn large_batches_are_split_into_bounded_writes() {
+        let mut s = Subtask::new(SinkMode::Transactional, 0, 1, OperatorStateStore::new());
+        s.writer = TwoPhaseCommitSinkWriter::new("sink", SinkMode::Transactional, encode_u64).unwrap().with_write_records_max(2);
+        s.apply(&Event::Init(None)).unwrap();
+        s.apply(&Event::Batch(&[1, 2, 3, 4, 5])).unwrap();
+        assert_eq!(s.take_rendered()[2..], ["write sink-0-1 [1, 2]", "write sink-0-1 [3, 4]", "write sink-0-1 [5]"]);
+        assert_eq!(s.writer.records_written(), 5);
+    }
+
+    #[test]
+    fn a_restore_commits_what_the_snapshot_names_and_aborts_later_transactions() {
+        let mut old = Subtask::new(SinkMode::Transactional, 0, 1, OperatorStateStore::new());
+        for event in [Event::Init(None), Event::Batch(&[1]), Event::Snapshot(4), Event::Batch(&[2]), Event::Snapshot(5), Event::Batch(&[3])] {
+            old.apply(&event).unwrap();
+        }
+        assert_eq!(old.writer.pending().iter().map(|p| (p.checkpoint.0, p.id.to_string())).collect::<Vec<_>>(), vec![
+            (4, "sink-0-1".to_string()),
+            (5, "sink-0-5".to_string()),
+        ]);
+        assert_eq!(old.writer.open_transaction(), Some(&tid("sink-0-6")));
+        let snapshot = snapshot_store(&old.store);
+        let store = restored_stores(&[snapshot], 1).pop().unwrap();
+        let mut new = Subtask::new(SinkMode::Transactional, 0, 1, store);
+        new.apply(&Event::Init(Some(5))).unwrap();
+        // sink-0-6 (with record 3) is named > 5: aborted, then its name begins a new transaction.
+        assert_eq!(new.take_rendered(), ["commit sink-0-1", "commit sink-0-5", "abort sink >5 0%1", "begin sink-0-6"]);
+        assert!(new.writer.pending().is_empty(), "the restored transactions are committed, not pending");
+        // The next snapshot no longer names them.
+        new.apply(&Event::Snapshot(6)).unwrap();
+        let again = restored_stores(&[snapshot_store(&new.store)], 1).pop().unwrap();
+        let mut third = Subtask::new(SinkMode::Transactional, 0, 1, again);
+        third.apply(&Event::Init(Some(6))).unwrap();
+        assert_eq!(third.take_rendered(), ["commit sink-0-6", "abort sink >6 0%1", "begin sink-0-7"]);
+    }
+
+    #[test]
+    fn a_rescaled_restore_commits_every_pending_transaction_once_and_covers_every_old_subtask() {
+        // Four old subtasks, each with two pending transactions.
+        let mut snapshots = vec![];
+        let mut want = BTreeSet::new();
+        for index in 0..4 {
+            let mut s = Subtask::new(SinkMode::Transactional, index, 4, OperatorStateStore::new());
+            for event in [Event::Init(None), Event::Snapshot(1), Event::Snapshot(2)] {
+                s.apply(&event).unwrap();
+            }
+            want.extend(s.writer.pending().iter().map(|p| p.id.to_string()));
+            snapshots.push(snapshot_store(&s.store));
+        }
+        assert_eq!(want.len(), 8);
+        for parallelism in [1, 2, 3, 4, 6] {
+            let mut committed = BTreeSet::new();
+            let mut abort_owner = BTreeMap::new();
+            for (index, store) in restored_stores(&snapshots, parallelism).into_iter().enumerate() {
+                let mut s = Subtask::new(SinkMode::Transactional, index as u32, parallelism, store);
+                s.apply(&Event::Init(Some(2))).unwrap();
+                let commands = s.take_sink_commands();
+                for c in &commands {
+                    if let SinkCommand::Commit { id } = c {
+                        assert!(committed.insert(id.to_string()), "{id} committed twice at parallelism {parallelism}");
+                    }
+                }
+                // Which old and new subtask's later transactions this subtask aborts.
+                for j in 0..8 {
+                    let later = TransactionalId::new("sink", j, CheckpointId(3));
+                    if commands.iter().any(|c| c.aborts(&later)) {
+                        assert!(abort_owner.insert(j, index).is_none(), "subtask {j}'s transactions have two owners");
+                    }
+                    let restored = TransactionalId::new("sink", j, CheckpointId(2));
+                    assert!(!commands.iter().any(|c| c.aborts(&restored)), "never abort what the checkpoint holds");
+                }
+                assert_eq!(commands.last(), Some(&SinkCommand::Begin { id: TransactionalId::new("sink", index as u32, CheckpointId(3)) }));
+            }
+            assert_eq!(committed, want, "parallelism {parallelism}");
+            assert_eq!(abort_owner.len(), 8, "every old or new subtask's later transactions have an owner");
+            for j in 0..parallelism {
+                assert_eq!(abort_owner[&j], j as usize, "a live subtask aborts only its own");
+            }
+        }
+    }
+
+    #[test]
+    fn abort_later_covers_exactly_the_later_transactions_of_its_share() {
+        let command = SinkCommand::AbortLater { prefix: "sink".into(), after: CheckpointId(5), owner: 1, parallelism: 2 };
+        let cases: &[(&str, bool)] = &[
+            ("sink-1-6", true),
+            ("sink-3-9", true),
+            ("sink-1-5", false),
+            ("sink-0-6", false),
+            ("sink-2-6", false),
+            ("other-1-6", false),
+            ("sink-x-1-6", false),
+        ];
+        for &(id, want) in cases {
+            assert_eq!(command.aborts(&tid(id)), want, "{id}");
+        }
+        assert!(!SinkCommand::Commit { id: tid("sink-1-6") }.aborts(&tid("sink-1-6")));
+    }
+
+    #[test]
+    fn calls_out_of_protocol_order_are_errors_that_change_nothing() {
+        for mode in [SinkMode::Transactional, SinkMode::Plain] {
+            let mut s = Subtask::new(mode, 0, 1, OperatorStateStore::new());
+            for event in [Event::Batch(&[1]), Event::Snapshot(1), Event::Complete(1), Event::Aborted(1)] {
+                assert!(matches!(s.apply(&event), Err(OperatorError::Protocol(_))), "{mode:?} {event:?} before init");
+            }
+            s.apply(&Event::Init(None)).unwrap();
+            assert!(matches!(s.apply(&Event::Init(None)), Err(OperatorError::Protocol(_))));
+        }
+        let mut s = Subtask::new(SinkMode::Transactional, 0, 1, OperatorStateStore::new());
+        s.apply(&Event::Init(Some(4))).unwrap();
+        // The open transaction is named 5: barrier 4 (or 3) comes from before the restore.
+        assert!(matches!(s.apply(&Event::Snapshot(4)), Err(OperatorError::Protocol(_))));
+        s.apply(&Event::Snapshot(5)).unwrap();
+        assert!(matches!(s.apply(&Event::Snapshot(5)), Err(OperatorError::Protocol(_))), "a repeated barrier");
+        assert_eq!(s.writer.open_transaction(), Some(&tid("sink-0-6")), "a refused barrier leaves the open transaction");
+        let mut bad = Subtask::new(SinkMode::Transactional, 1, 1, OperatorStateStore::new());
+        assert!(matches!(bad.apply(&Event::Init(None)), Err(OperatorError::Protocol(_))));
+    }
+
+    #[test]
+    fn an_unencodable_record_is_a_codec_error_and_writes_nothing() {
+        for mode in [SinkMode::Transactional, SinkMode::Plain] {
+            let mut s = Subtask::new(mode, 0, 1, OperatorStateStore::new());
+            s.apply(&Event::Init(None)).unwrap();
+            s.commands.clear();
+            assert!(matches!(s.apply(&Event::Batch(&[1, u64::MAX])), Err(OperatorError::Codec(_))));
+            assert!(s.commands.is_empty(), "{mode:?}");
+            assert_eq!(s.writer.records_written(), 0);
+        }
+    }
+
+    #[test]
+    fn too_many_pending_transactions_fail_the_writer() {
+        let mut s = Subtask::new(SinkMode::Transactional, 0, 1, OperatorStateStore::new());
+        s.writer = TwoPhaseCommitSinkWriter::new("sink", SinkMode::Transactional, encode_u64).unwrap().with_pending_transactions_max(2);
+        s.apply(&Event::Init(None)).unwrap();
+        s.apply(&Event::Snapshot(1)).unwrap();
+        s.apply(&Event::Snapshot(2)).unwrap();
+        assert!(matches!(s.apply(&Event::Snapshot(3)), Err(OperatorError::State(_))));
+        assert_eq!(s.writer.pending().len(), 2);
+        s.apply(&Event::Complete(2)).unwrap();
+        s.apply(&Event::Snapshot(3)).unwrap();
+    }
+
+    #[test]
+    fn restored_transactions_later_than_the_restored_checkpoint_are_a_state_error() {
+        let mut old = Subtask::new(SinkMode::Transactional, 0, 1, OperatorStateStore::new());
+        old.apply(&Event::Init(None)).unwrap();
+        old.apply(&Event::Snapshot(3)).unwrap();
+        for restored_from in [None, Some(2)] {
+            let store = restored_stores(&[snapshot_store(&old.store)], 1).pop().unwrap();
+            let mut s = Subtask::new(SinkMode::Transactional, 0, 1, store);
+            assert!(matches!(s.apply(&Event::Init(restored_from)), Err(OperatorError::State(_))), "{restored_from:?}");
+            assert!(s.commands.is_empty());
+        }
+    }
+
+    // ---- the broker model and the exactly-once property ----
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum TxnState {
+        Open,
+        Prepared,
+        Committed,
+        Aborted,
+    }
+
+    #[derive(Debug)]
+    struct Txn {
+        epoch: u64,
+        state: TxnState,
+        records: Vec<u64>,
+    }
+
+    /// A Kafka-like broker, as the brief describes it: the latest transaction of each id, with
+    /// `init_transactions` fencing (an epoch per id), prepare, idempotent commit and abort, and
+    /// the committed output. Anything that would lose data or break the protocol is an `Err`.
+    #[derive(Default)]
+    struct Broker {
+        txns: BTreeMap<String, Txn>,
+        committed: Vec<u64>,
+        fenced: u64,
+    }
+
+    impl Broker {
+        /// Carries out one command for a producer whose epochs are `epochs`; `Ok(false)` if the
+        /// producer was fenced.
+        fn apply(&mut self, epochs: &mut BTreeMap<String, u64>, command: SinkCommand) -> Result<bool, String> {
+            match command {
+                SinkCommand::Begin { id } => {
+                    let key = id.to_string();
+                    let epoch = match self.txns.get(&key) {
+                        Some(t) if t.state == TxnState::Committed => return Err(format!("{key} begun again after its commit")),
+                        Some(t) => t.epoch + 1,
+                        None => 1,
+                    };
+                    self.txns.insert(key.clone(), Txn { epoch, state: TxnState::Open, records: vec![] });
+                    epochs.insert(key, epoch);
+                }
+                SinkCommand::Write { id, records } => {
+                    let key = id.to_string();
+                    match self.txns.get_mut(&key) {
+                        Some(t) if t.state == TxnState::Open && epochs.get(&key) == Some(&t.epoch) => {
+                            t.records.extend(records.iter().map(|r| decode_u64(r)));
+                        }
+                        _ => {
+                            self.fenced += 1;
+                            return Ok(false);
+                        }
+                    }
+                }
+                SinkCommand::PreCommit { id } => {
+                    let key = id.to_string();
+                    match self.txns.get_mut(&key) {
+                        Some(t) if t.state == TxnState::Open && epochs.get(&key) == Some(&t.epoch) => t.state = TxnState::Prepared,
+                        _ => {
+                            self.fenced += 1;
+                            return Ok(false);
+                        }
+                    }
+                }
+                SinkCommand::Commit { id } => {
+                    let key = id.to_string();
+                    let t = self.txns.get_mut(&key).ok_or_else(|| format!("commit of unknown {key}"))?;
+                    match t.state {
+                        TxnState::Prepared => {
+                            t.state = TxnState::Committed;
+                            self.committed.extend(t.records.iter().copied());
+                        }
+                        TxnState::Committed => {}
+                        TxnState::Open | TxnState::Aborted => return Err(format!("commit of {key} in state {:?}", t.state)),
+                    }
+                }
+                ref abort @ SinkCommand::AbortLater { ref prefix, .. } => {
+                    for (key, t) in &mut self.txns {
+                        let id = TransactionalId::parse(key).map_err(|e| e.to_string())?;
+                        if id.prefix != *prefix || !abort.aborts(&id) {
+                            continue;
+                        }
+                        match t.state {
+                            TxnState::Open | TxnState::Prepared => {
+                                t.state = TxnState::Aborted;
+                                t.epoch += 1;
+                            }
+                            TxnState::Aborted => {}
+                            TxnState::Committed => return Err(format!("abort covers committed {key}")),
+                        }
+                    }
+                }
+                SinkCommand::PlainWrite { records } => self.committed.extend(records.iter().map(|r| decode_u64(r))),
+            }
+            Ok(true)
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// The source emits this many records; record `r` goes to subtask `r % parallelism`.
+        Batch(u64),
+        /// Barrier of the next checkpoint id at every subtask.
+        Snapshot,
+        /// The latest snapshotted checkpoint completes; its notification arrives or is lost.
+        Complete { notified: bool },
+        /// The latest snapshotted checkpoint is aborted.
+        Abort,
+        /// Every subtask fails; the job restores the last completed checkpoint at this parallelism.
+        Crash(u32),
+        /// The writers of the previous attempt (zombies) write this many records of their own.
+        Zombie(u64),
+    }
+
+    /// Values zombies write: never to be committed.
+    const ZOMBIE_RECORD_MIN: u64 = 1 << 40;
+
+    struct CheckpointRecord {
+        id: u64,
+        position: u64,
+        snapshots: Vec<Vec<u8>>,
+    }
+
+    struct World {
+        mode: SinkMode,
+        broker: Broker,
+        subtasks: Vec<Subtask>,
+        zombies: Vec<Subtask>,
+        position: u64,
+        next_checkpoint: u64,
+        in_progress: Option<CheckpointRecord>,
+        completed: Option<CheckpointRecord>,
+        zombie_next: u64,
+        /// How often each input record was given to a live writer, over all attempts.
+        processed: BTreeMap<u64, u32>,
+    }
+
+    impl World {
+        fn new(mode: SinkMode, parallelism: u32) -> Self {
+            let mut world = World {
+                mode,
+                broker: Broker::default(),
+                subtasks: vec![],
+                zombies: vec![],
+                position: 0,
+                next_checkpoint: 1,
+                in_progress: None,
+                completed: None,
+                zombie_next: ZOMBIE_RECORD_MIN,
+                processed: BTreeMap::new(),
+            };
+            world.deploy(parallelism);
+            world
+        }
+
+        fn deploy(&mut self, parallelism: u32) {
+            let (restored_from, stores) = match &self.completed {
+                Some(c) => (Some(c.id), restored_stores(&c.snapshots, parallelism)),
+                None => (None, (0..parallelism).map(|_| OperatorStateStore::new()).collect()),
+            };
+            self.subtasks = stores.into_iter().enumerate().map(|(i, store)| Subtask::new(self.mode, i as u32, parallelism, store)).collect();
+            for i in 0..self.subtasks.len() {
+                self.subtasks[i].with(|w, ctx| w.initialize_state(ctx, restored_from.map(CheckpointId))).unwrap();
+                self.flush_live(i);
+            }
+        }
+
+        /// Carries out subtask `i`'s commands; a live writer must never be fenced.
+        fn flush_live(&mut self, i: usize) {
+            let s = &mut self.subtasks[i];
+            for command in s.take_sink_commands() {
+                let rendered = format!("{command:?}");
+                let accepted = self.broker.apply(&mut s.epochs, command).unwrap_or_else(|e| panic!("broker: {e}"));
+                assert!(accepted, "a live writer was fenced at {rendered}");
+            }
+        }
+
+        fn step(&mut self, step: &Step) {
+            let parallelism = self.subtasks.len() as u64;
+            match *step {
+                Step::Batch(n) => {
+                    let mut shares = vec![vec![]; self.subtasks.len()];
+                    for r in self.position..self.position + n {
+                        shares[(r % parallelism) as usize].push(r);
+                        *self.processed.entry(r).or_default() += 1;
+                    }
+                    self.position += n;
+                    for (i, share) in shares.into_iter().enumerate() {
+                        self.subtasks[i].with(|w, ctx| w.process_batch(ctx, share, &mut vec![])).unwrap();
+                        self.flush_live(i);
+                    }
+                }
+                Step::Snapshot => {
+                    let id = self.next_checkpoint;
+                    self.next_checkpoint += 1;
+                    let mut snapshots = vec![];
+                    for i in 0..self.subtasks.len() {
+                        self.subtasks[i].with(|w, ctx| w.snapshot_state(ctx, CheckpointId(id))).unwrap();
+                        self.flush_live(i);
+                        snapshots.push(snapshot_store(&self.subtasks[i].store));
+                    }
+                    self.in_progress = Some(CheckpointRecord { id, position: self.position, snapshots });
+                }
+                Step::Complete { notified } => {
+                    if let Some(c) = self.in_progress.take() {
+                        let id = c.id;
+                        self.completed = Some(c);
+                        if notified {
+                            for i in 0..self.subtasks.len() {
+                                self.subtasks[i].with(|w, ctx| w.notify_checkpoint_complete(ctx, CheckpointId(id))).unwrap();
+                                self.flush_live(i);
+                            }
+                        }
+                    }
+                }
+                Step::Abort => {
+                    if let Some(c) = self.in_progress.take() {
+                        for i in 0..self.subtasks.len() {
+                            self.subtasks[i].with(|w, ctx| w.notify_checkpoint_aborted(ctx, CheckpointId(c.id))).unwrap();
+                            self.flush_live(i);
+                        }
+                    }
+                }
+                Step::Crash(parallelism) => {
+                    self.in_progress = None;
+                    let restart_position = self.completed.as_ref().map_or(0, |c| c.position);
+                    self.position = restart_position;
+                    self.zombies = std::mem::take(&mut self.subtasks);
+                    self.deploy(parallelism);
+                }
+                Step::Zombie(n) => {
+                    if self.mode == SinkMode::Plain {
+                        return; // plain writes have no fencing: zombies are out of scope there
+                    }
+                    for z in &mut self.zombies {
+                        let records: Vec<u64> = (self.zombie_next..self.zombie_next + n).collect();
+                        self.zombie_next += n;
+                        z.with(|w, ctx| w.process_batch(ctx, records, &mut vec![])).unwrap();
+                        for command in z.take_sink_commands() {
+                            let accepted = self.broker.apply(&mut z.epochs, command).unwrap_or_else(|e| panic!("broker: {e}"));
+                            assert!(!accepted, "a zombie write took effect");
+                        }
+                    }
+                }
+            }
+            self.check_safety();
+        }
+
+        /// At all times: nothing committed twice (transactional mode), nothing committed that
+        /// is not before the last completed checkpoint's barrier, nothing from a zombie.
+        fn check_safety(&self) {
+            let cut = self.completed.as_ref().map_or(0, |c| c.position);
+            let mut seen = BTreeSet::new();
+            for &r in &self.broker.committed {
+                assert!(r < ZOMBIE_RECORD_MIN, "zombie record {r} committed");
+                if self.mode == SinkMode::Transactional {
+                    assert!(seen.insert(r), "record {r} committed twice");
+                    assert!(r < cut, "record {r} committed, but the last completed checkpoint cut at {cut}");
+                }
+            }
+        }
+
+        /// The final checkpoint: every record processed is committed.
+        fn finish(&mut self) {
+            self.step(&Step::Snapshot);
+            self.step(&Step::Complete { notified: true });
+        }
+    }
+
+    fn step_strategy() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (0u64..6).prop_map(Step::Batch),
+            2 => Just(Step::Snapshot),
+            2 => any::<bool>().prop_map(|notified| Step::Complete { notified }),
+            1 => Just(Step::Abort),
+            1 => (1u32..4).prop_map(Step::Crash),
+            1 => (1u64..3).prop_map(Step::Zombie),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn committed_output_is_exactly_the_input_before_the_last_completed_barrier(
+            parallelism in 1u32..4,
+            steps in proptest::collection::vec(step_strategy(), 0..40),
+        ) {
+            let mut world = World::new(SinkMode::Transactional, parallelism);
+            for step in &steps {
+                world.step(step);
+            }
+            world.finish();
+            let mut committed = world.broker.committed.clone();
+            committed.sort_unstable();
+            prop_assert_eq!(committed, (0..world.position).collect::<Vec<_>>());
+
+            // The same run with the plain sink loses nothing either, but it duplicates exactly
+            // when a restore replayed a record to the writers (which the transactional sink absorbed).
+            let mut plain = World::new(SinkMode::Plain, parallelism);
+            for step in &steps {
+                plain.step(step);
+            }
+            plain.finish();
+            let distinct: BTreeSet<u64> = plain.broker.committed.iter().copied().collect();
+            prop_assert!((0..plain.position).all(|r| distinct.contains(&r)));
+            let replayed = world.processed.values().any(|&n| n > 1);
+            prop_assert_eq!(distinct.len() < plain.broker.committed.len(), replayed);
+        }
+    }
+
+    #[test]
+    fn the_plain_sink_duplicates_what_a_restore_replays_and_the_transactional_one_does_not() {
+        let steps = [
+            Step::Batch(3),
+            Step::Snapshot,
+            Step::Complete { notified: true },
+            Step::Batch(2),
+            Step::Snapshot,
+            Step::Crash(2),
+            Step::Zombie(2),
+            Step::Batch(4),
+        ];
+        let mut committed = BTreeMap::new();
+        for mode in [SinkMode::Transactional, SinkMode::Plain] {
+            let mut world = World::new(mode, 1);
+            for step in &steps {
+                world.step(step);
+            }
+            world.finish();
+            assert_eq!(world.position, 7);
+            let mut c = world.broker.committed.clone();
+            c.sort_unstable();
+            committed.insert(format!("{mode:?}"), c);
+        }
+        assert_eq!(committed["Transactional"], vec![0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(committed["Plain"], vec![0, 1, 2, 3, 3, 4, 4, 5, 6], "records 3 and 4 were written, then replayed");
+    }
+}
