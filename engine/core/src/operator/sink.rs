@@ -56,7 +56,7 @@
 
 use super::{Data, Operator, OperatorCommand, OperatorContext, OperatorError, OperatorResult};
 use crate::ids::CheckpointId;
-use crate::state::OperatorStateMode;
+use crate::state::OperatorListState;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -346,12 +346,20 @@ impl<T> TwoPhaseCommitSinkWriter<T> {
     }
 }
 
+/// The list state of pending transactions (registered on first use).
+fn pending_state(ctx: &mut OperatorContext<'_>) -> Result<OperatorListState<PendingTransaction>, OperatorError> {
+    ctx.operator_state.list_state(SINK_PENDING_STATE).map_err(|e| OperatorError::State(format!("{SINK_PENDING_STATE}: {e}")))
+}
+
 fn write_pending(ctx: &mut OperatorContext<'_>, pending: &[PendingTransaction]) -> OperatorResult {
-    ctx.operator_state.set_list(SINK_PENDING_STATE, OperatorStateMode::Split, pending).map_err(OperatorError::State)
+    let state = pending_state(ctx)?;
+    state.update(ctx.operator_state, pending.to_vec());
+    Ok(())
 }
 
 fn read_pending(ctx: &mut OperatorContext<'_>) -> Result<Vec<PendingTransaction>, OperatorError> {
-    ctx.operator_state.get_list(SINK_PENDING_STATE, OperatorStateMode::Split).map_err(OperatorError::State)
+    let state = pending_state(ctx)?;
+    Ok(state.get(ctx.operator_state))
 }
 
 impl<T: Data> Operator for TwoPhaseCommitSinkWriter<T> {
@@ -577,7 +585,7 @@ mod tests {
     }
 
     fn snapshot_store(store: &OperatorStateStore) -> Vec<u8> {
-        store.snapshot()
+        store.snapshot().unwrap()
     }
 
     fn restored_stores(snapshots: &[Vec<u8>], parallelism: u32) -> Vec<OperatorStateStore> {

@@ -61,7 +61,7 @@
 use super::{Data, Operator, OperatorCommand, OperatorContext, OperatorError, OperatorResult};
 use crate::ids::{CheckpointId, Offset, PartitionId, SubtaskIndex};
 use crate::key_groups::java_string_hash;
-use crate::state::OperatorStateMode;
+use crate::state::OperatorListState;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -431,9 +431,9 @@ impl<T> SourceReader<T> {
 
 /// Reads the restored union list of offsets: one next offset per partition.
 fn read_offsets(ctx: &mut OperatorContext<'_>) -> Result<BTreeMap<PartitionId, Offset>, OperatorError> {
-    let items: Vec<PartitionOffset> = ctx.operator_state.get_list(SOURCE_OFFSETS_STATE, OperatorStateMode::Union).map_err(OperatorError::State)?;
+    let state = offsets_state(ctx)?;
     let mut offsets = BTreeMap::new();
-    for item in items {
+    for item in state.get_ref(ctx.operator_state) {
         if let Some(previous) = offsets.insert(item.partition, item.next) {
             if previous != item.next {
                 return Err(OperatorError::State(format!(
@@ -448,7 +448,16 @@ fn read_offsets(ctx: &mut OperatorContext<'_>) -> Result<BTreeMap<PartitionId, O
 
 /// Replaces this subtask's share of the union list of offsets.
 fn write_offsets(ctx: &mut OperatorContext<'_>, items: &[PartitionOffset]) -> OperatorResult {
-    ctx.operator_state.set_list(SOURCE_OFFSETS_STATE, OperatorStateMode::Union, items).map_err(OperatorError::State)
+    let state = offsets_state(ctx)?;
+    state.update(ctx.operator_state, items.to_vec());
+    Ok(())
+}
+
+/// The union list state of offsets (registered on first use).
+fn offsets_state(ctx: &mut OperatorContext<'_>) -> Result<OperatorListState<PartitionOffset>, OperatorError> {
+    ctx.operator_state
+        .union_list_state(SOURCE_OFFSETS_STATE)
+        .map_err(|e| OperatorError::State(format!("{SOURCE_OFFSETS_STATE}: {e}")))
 }
 
 impl<T: Data> Operator for SourceReader<T> {
@@ -569,7 +578,7 @@ mod tests {
     }
 
     fn snapshot_store(store: &OperatorStateStore) -> Vec<u8> {
-        store.snapshot()
+        store.snapshot().unwrap()
     }
 
     fn restored_stores(snapshots: &[Vec<u8>], parallelism: u32) -> Vec<OperatorStateStore> {
@@ -695,7 +704,8 @@ mod tests {
         assert_eq!(s.take_fetches(), vec![(0, 2, 1024)]);
         // (partition, from, records): a duplicate of the first answer, an answer from the future,
         // an answer for a partition this subtask does not own.
-        let stale: &[(u32, u64, &[(u64, u64)])] = &[(0, 0, &[(0, 1), (1, 2)]), (0, 5, &[(5, 9)]), (7, 0, &[(0, 3)])];
+        type Answer = (u32, u64, &'static [(u64, u64)]);
+        let stale: &[Answer] = &[(0, 0, &[(0, 1), (1, 2)]), (0, 5, &[(5, 9)]), (7, 0, &[(0, 3)])];
         for (n, &(partition, from, records)) in stale.iter().enumerate() {
             assert_eq!(s.fetched(partition, from, records).unwrap(), Vec::<u64>::new());
             assert_eq!(s.reader.stale_responses(), n as u64 + 1);
