@@ -477,7 +477,12 @@ impl<T: Data> Operator for SourceReader<T> {
             )));
         }
         let restored = read_offsets(ctx)?;
-        debug_assert!(restored_from.is_some() || restored.is_empty(), "a fresh start has no state");
+        if restored_from.is_none() && !restored.is_empty() {
+            return Err(OperatorError::Protocol(format!(
+                "source: {SOURCE_OFFSETS_STATE} holds {} offsets, but this is a fresh start",
+                restored.len()
+            )));
+        }
         let cursors = assigned_partitions(&self.spec.topic, self.spec.partitions, ctx.subtask, ctx.parallelism)
             .into_iter()
             .map(|p| {
@@ -805,6 +810,11 @@ mod tests {
         assert_eq!(s.with(|r, ctx| r.process_batch(ctx, vec![], &mut vec![])), Ok(()));
         let mut bad = Subtask::new(&SourceSpec::unbounded("t", 1), 2, 2, OperatorStateStore::new());
         assert!(matches!(bad.with(|r, ctx| r.initialize_state(ctx, None)), Err(OperatorError::Protocol(_))));
+        // Restored offsets, but the host says this is a fresh start.
+        let snapshot = s.snapshot(1);
+        let store = restored_stores(&[snapshot], 1).pop().unwrap();
+        let mut confused = Subtask::new(&SourceSpec::unbounded("t", 1), 0, 1, store);
+        assert!(matches!(confused.with(|r, ctx| r.initialize_state(ctx, None)), Err(OperatorError::Protocol(_))));
     }
 
     #[test]
