@@ -1,0 +1,583 @@
+//! The heap keyed state backend (Flink's `HeapKeyedStateBackend` with a `StateTable` of
+//! per-key-group `CopyOnWriteStateMap`s): typed values in per-key-group hash tables behind `Arc`s,
+//! keyed by the serialized `key ++ namespace` bytes of the current key.
+
+use super::{StateData, StateError};
+use crate::codec::{self, CodecError};
+use crate::ids::KeyGroup;
+use crate::key_groups::{key_group_for_key, Key, KeyGroupRange};
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use std::any::{Any, TypeId};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// The kind of a keyed state (part of a state's identity: one name, one kind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum StateKind {
+    /// One value per key and namespace.
+    Value,
+    /// A list per key and namespace.
+    List,
+    /// A sorted map per key and namespace.
+    Map,
+    /// One value per key and namespace, folded with a reduce function.
+    Reducing,
+    /// An accumulator per key and namespace, fed through an aggregate function.
+    Aggregating,
+}
+
+/// A value as kept in a state table: typed, cloneable (copy-on-write), downcastable.
+pub(crate) trait StoredValue: Any + Send + Sync {
+    fn clone_box(&self) -> Box<dyn StoredValue>;
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<T: StateData> StoredValue for T {
+    fn clone_box(&self) -> Box<dyn StoredValue> {
+        Box::new(self.clone())
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// Serializes a stored value of the type captured at registration.
+pub(crate) type EncodeFn = fn(&dyn StoredValue) -> Result<Vec<u8>, CodecError>;
+/// Deserializes a stored value of the type captured at registration.
+pub(crate) type DecodeFn = fn(&[u8]) -> Result<Box<dyn StoredValue>, CodecError>;
+
+fn encode_stored<T: StateData>(value: &dyn StoredValue) -> Result<Vec<u8>, CodecError> {
+    match value.as_any().downcast_ref::<T>() {
+        Some(typed) => codec::to_bytes(typed),
+        None => Err(CodecError::Encode(format!("stored value is not a {}", std::any::type_name::<T>()))),
+    }
+}
+
+fn decode_stored<T: StateData>(bytes: &[u8]) -> Result<Box<dyn StoredValue>, CodecError> {
+    Ok(Box::new(codec::from_bytes::<T>(bytes)?))
+}
+
+/// What the backend knows about a registered state.
+#[derive(Clone)]
+pub(crate) struct StateMeta {
+    pub(crate) name: String,
+    pub(crate) kind: StateKind,
+    pub(crate) type_id: TypeId,
+    pub(crate) type_name: &'static str,
+    pub(crate) encode: EncodeFn,
+    pub(crate) decode: DecodeFn,
+}
+
+/// Index of a registered state in [`KeyedStateBackend`]'s registry and in each key group's tables.
+pub(crate) type StateId = usize;
+
+/// One entry: the typed value and where the key ends in its `key ++ namespace` bytes.
+pub(crate) struct Entry {
+    pub(crate) key_len: u32,
+    pub(crate) value: Box<dyn StoredValue>,
+}
+
+impl Clone for Entry {
+    fn clone(&self) -> Self {
+        Entry { key_len: self.key_len, value: self.value.clone_box() }
+    }
+}
+
+/// The entries of one state in one key group, keyed by `key bytes ++ namespace bytes`.
+pub(crate) type StateTable = FxHashMap<Box<[u8]>, Entry>;
+
+/// Restored entries of a state that has not been registered again yet: still bytes.
+#[derive(Clone, Debug)]
+pub(crate) struct PendingState {
+    pub(crate) kind: StateKind,
+    /// `(key ++ namespace, key length, value bytes)`.
+    pub(crate) entries: Vec<(Box<[u8]>, u32, Vec<u8>)>,
+}
+
+/// A timer: ordered by timestamp, then key bytes, then namespace bytes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct TimerKey {
+    pub(crate) timestamp: i64,
+    pub(crate) key: Box<[u8]>,
+    pub(crate) namespace: Box<[u8]>,
+}
+
+/// Everything one key group holds: the unit of copy-on-write, snapshot and restore.
+#[derive(Clone, Default)]
+pub(crate) struct KeyGroupState {
+    /// Tables by [`StateId`]; grown lazily on the first write.
+    pub(crate) tables: Vec<StateTable>,
+    /// Restored states not registered yet, by name.
+    pub(crate) pending: BTreeMap<String, PendingState>,
+    pub(crate) event_timers: BTreeSet<TimerKey>,
+    pub(crate) processing_timers: BTreeSet<TimerKey>,
+}
+
+impl KeyGroupState {
+    /// True when the key group holds no entry and no timer.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.tables.iter().all(|t| t.is_empty())
+            && self.pending.is_empty()
+            && self.event_timers.is_empty()
+            && self.processing_timers.is_empty()
+    }
+}
+
+/// The current key and namespace: key group slot, and `key ++ namespace` bytes.
+#[derive(Default)]
+pub(crate) struct Cursor {
+    /// Index into `key_groups` (key group minus range start); `None` until a key is set.
+    pub(crate) kg_index: Option<usize>,
+    pub(crate) buf: Vec<u8>,
+    pub(crate) key_len: usize,
+}
+
+/// Keyed state of one subtask, stored per key group (Flink's `HeapKeyedStateBackend`).
+///
+/// See the [module documentation](super) for the design. Not `Clone`: take a
+/// [`snapshot`](Self::snapshot) instead.
+pub struct KeyedStateBackend {
+    pub(crate) max_parallelism: u32,
+    pub(crate) range: KeyGroupRange,
+    /// One slot per key group of `range`, in order.
+    pub(crate) key_groups: Vec<Arc<KeyGroupState>>,
+    pub(crate) metas: Vec<StateMeta>,
+    pub(crate) by_name: BTreeMap<String, StateId>,
+    pub(crate) cursor: Cursor,
+    /// The current namespace's bytes (empty: the void namespace `()`).
+    pub(crate) namespace: Vec<u8>,
+    pub(crate) watermark: i64,
+    pub(crate) processing_time_ms: u64,
+    pub(crate) key_group_copies: u64,
+}
+
+impl std::fmt::Debug for KeyedStateBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedStateBackend")
+            .field("max_parallelism", &self.max_parallelism)
+            .field("range", &self.range)
+            .field("states", &self.by_name.keys().collect::<Vec<_>>())
+            .field("current_key_group", &self.current_key_group())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyedStateBackend {
+    /// An empty backend for the key groups `key_group_range` of an operator with this max
+    /// parallelism.
+    ///
+    /// Panics if `max_parallelism` is 0 or the range reaches beyond it (a configuration bug).
+    pub fn new(max_parallelism: u32, key_group_range: KeyGroupRange) -> Self {
+        assert!(max_parallelism > 0, "max parallelism must be at least 1");
+        assert!(
+            key_group_range.is_empty() || key_group_range.end < max_parallelism,
+            "key group range {key_group_range:?} reaches beyond max parallelism {max_parallelism}"
+        );
+        let key_groups = (0..key_group_range.len()).map(|_| Arc::new(KeyGroupState::default())).collect();
+        KeyedStateBackend {
+            max_parallelism,
+            range: key_group_range,
+            key_groups,
+            metas: Vec::new(),
+            by_name: BTreeMap::new(),
+            cursor: Cursor::default(),
+            namespace: Vec::new(),
+            watermark: i64::MIN,
+            processing_time_ms: 0,
+            key_group_copies: 0,
+        }
+    }
+
+    /// The operator's max parallelism (the number of key groups).
+    pub fn max_parallelism(&self) -> u32 {
+        self.max_parallelism
+    }
+
+    /// The key groups this backend owns.
+    pub fn key_group_range(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    /// Sets the current key; panics with a clear message if the key's key group is not in this
+    /// backend's range (the record was routed to the wrong subtask). See
+    /// [`try_set_current_key`](Self::try_set_current_key).
+    pub fn set_current_key<K: Key>(&mut self, key: &K) {
+        if let Err(e) = self.try_set_current_key(key) {
+            panic!("set_current_key({key:?}): {e}");
+        }
+    }
+
+    /// Sets the current key, or says why not. On error there is no current key.
+    pub fn try_set_current_key<K: Key>(&mut self, key: &K) -> Result<(), StateError> {
+        self.cursor.kg_index = None;
+        let key_group = key_group_for_key(key, self.max_parallelism);
+        if !self.range.contains(key_group) {
+            return Err(StateError::KeyGroupOutOfRange { key_group, range: self.range });
+        }
+        let buf = &mut self.cursor.buf;
+        buf.clear();
+        // Same bytes as `codec::to_bytes(key)`, into the reused buffer.
+        bincode::serde::encode_into_std_write(key, buf, codec::config())
+            .map_err(|e| StateError::Encode(CodecError::Encode(e.to_string())))?;
+        self.cursor.key_len = buf.len();
+        buf.extend_from_slice(&self.namespace);
+        self.cursor.kg_index = Some((key_group.0 - self.range.start) as usize);
+        Ok(())
+    }
+
+    /// Sets the current key from its serialized bytes and key group (e.g. a fired timer's).
+    pub(crate) fn set_current_key_bytes(&mut self, key_group: KeyGroup, key: &[u8], namespace: &[u8]) {
+        assert!(self.range.contains(key_group), "key group {key_group} outside {:?}", self.range);
+        self.namespace.clear();
+        self.namespace.extend_from_slice(namespace);
+        let buf = &mut self.cursor.buf;
+        buf.clear();
+        buf.extend_from_slice(key);
+        self.cursor.key_len = key.len();
+        buf.extend_from_slice(namespace);
+        self.cursor.kg_index = Some((key_group.0 - self.range.start) as usize);
+    }
+
+    /// The current key, decoded as `K`; `None` if no key is set or it is not a `K`.
+    pub fn current_key<K: Key>(&self) -> Option<K> {
+        self.cursor.kg_index?;
+        codec::from_bytes(&self.cursor.buf[..self.cursor.key_len]).ok()
+    }
+
+    /// The current key's key group.
+    pub fn current_key_group(&self) -> Option<KeyGroup> {
+        self.cursor.kg_index.map(|i| KeyGroup(self.range.start + i as u32))
+    }
+
+    /// Sets the current namespace (e.g. a window); panics if it cannot be serialized.
+    pub fn set_current_namespace<N: Serialize + ?Sized>(&mut self, namespace: &N) {
+        if let Err(e) = self.try_set_current_namespace(namespace) {
+            panic!("set_current_namespace: {e}");
+        }
+    }
+
+    /// Sets the current namespace, or says why not (then the namespace is the void namespace).
+    pub fn try_set_current_namespace<N: Serialize + ?Sized>(&mut self, namespace: &N) -> Result<(), StateError> {
+        self.namespace.clear();
+        let result = bincode::serde::encode_into_std_write(namespace, &mut self.namespace, codec::config())
+            .map(|_| ())
+            .map_err(|e| StateError::Encode(CodecError::Encode(e.to_string())));
+        if result.is_err() {
+            self.namespace.clear();
+        }
+        self.cursor.buf.truncate(self.cursor.key_len);
+        self.cursor.buf.extend_from_slice(&self.namespace);
+        result
+    }
+
+    /// Back to the default, void namespace `()` (what keyed state outside windows uses).
+    pub fn set_void_namespace(&mut self) {
+        self.namespace.clear();
+        self.cursor.buf.truncate(self.cursor.key_len);
+    }
+
+    /// The current namespace's bytes (empty for the void namespace).
+    pub fn current_namespace_bytes(&self) -> &[u8] {
+        &self.namespace
+    }
+
+    /// Every key with an entry in the named state (any namespace), sorted and distinct
+    /// (Flink's `getKeys`); empty for an unknown name. Panics if a stored key is not a `K`.
+    pub fn keys<K: Key>(&self, state_name: &str) -> Vec<K> {
+        match self.try_keys(state_name) {
+            Ok(keys) => keys,
+            Err(e) => panic!("keys({state_name:?}): {e}"),
+        }
+    }
+
+    /// [`keys`](Self::keys), with a typed error for keys that are not `K`s.
+    pub fn try_keys<K: Key>(&self, state_name: &str) -> Result<Vec<K>, StateError> {
+        let id = self.by_name.get(state_name).copied();
+        let mut keys = BTreeSet::new();
+        let decode = |bytes: &[u8]| codec::from_bytes::<K>(bytes).map_err(StateError::KeyDecode);
+        for kg in &self.key_groups {
+            if let Some(table) = id.and_then(|id| kg.tables.get(id)) {
+                for (composite, entry) in table {
+                    keys.insert(decode(&composite[..entry.key_len as usize])?);
+                }
+            }
+            if let Some(pending) = kg.pending.get(state_name) {
+                for (composite, key_len, _) in &pending.entries {
+                    keys.insert(decode(&composite[..*key_len as usize])?);
+                }
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+
+    /// Names of the registered states, sorted.
+    pub fn state_names(&self) -> Vec<&str> {
+        self.by_name.keys().map(String::as_str).collect()
+    }
+
+    /// How many key groups were copied because a write hit a key group shared with a snapshot
+    /// (the cost of copy-on-write).
+    pub fn key_group_copies(&self) -> u64 {
+        self.key_group_copies
+    }
+
+    /// Registers a state (or returns the id it already has). Restored entries of that name are
+    /// decoded now; all of them must decode, or nothing changes.
+    pub(crate) fn register<T: StateData>(&mut self, name: &str, kind: StateKind) -> Result<StateId, StateError> {
+        let type_name = std::any::type_name::<T>();
+        if let Some(&id) = self.by_name.get(name) {
+            let meta = &self.metas[id];
+            if meta.kind != kind {
+                return Err(StateError::KindMismatch { name: name.into(), existing: meta.kind, requested: kind });
+            }
+            if meta.type_id != TypeId::of::<T>() {
+                return Err(StateError::TypeMismatch { name: name.into(), existing: meta.type_name, requested: type_name });
+            }
+            return Ok(id);
+        }
+        let id = self.metas.len();
+        let mut staged = Vec::new();
+        for (index, kg) in self.key_groups.iter().enumerate() {
+            let Some(pending) = kg.pending.get(name) else { continue };
+            if pending.kind != kind {
+                return Err(StateError::KindMismatch { name: name.into(), existing: pending.kind, requested: kind });
+            }
+            let mut table = StateTable::default();
+            table.reserve(pending.entries.len());
+            for (composite, key_len, bytes) in &pending.entries {
+                let value = decode_stored::<T>(bytes).map_err(|source| StateError::RestoredValueDecode {
+                    name: name.into(),
+                    key_group: KeyGroup(self.range.start + index as u32),
+                    type_name,
+                    source,
+                })?;
+                table.insert(composite.clone(), Entry { key_len: *key_len, value });
+            }
+            staged.push((index, table));
+        }
+        self.metas.push(StateMeta {
+            name: name.into(),
+            kind,
+            type_id: TypeId::of::<T>(),
+            type_name,
+            encode: encode_stored::<T>,
+            decode: decode_stored::<T>,
+        });
+        self.by_name.insert(name.into(), id);
+        for (index, table) in staged {
+            let kg = self.key_group_mut(index);
+            kg.pending.remove(name);
+            if kg.tables.len() <= id {
+                kg.tables.resize_with(id + 1, StateTable::default);
+            }
+            kg.tables[id] = table;
+        }
+        Ok(id)
+    }
+
+    /// The key group at `index`, unshared (copied first if a snapshot still holds it).
+    pub(crate) fn key_group_mut(&mut self, index: usize) -> &mut KeyGroupState {
+        unshare(&mut self.key_groups[index], &mut self.key_group_copies)
+    }
+
+    fn current_index(&self) -> usize {
+        match self.cursor.kg_index {
+            Some(i) => i,
+            None => panic!("no current key: call set_current_key before accessing keyed state"),
+        }
+    }
+
+    fn check_handle<T: 'static>(&self, id: StateId) {
+        assert!(
+            self.metas.get(id).is_some_and(|m| m.type_id == TypeId::of::<T>()),
+            "a state handle was used with a backend that did not register it"
+        );
+    }
+
+    /// The current key's value in state `id`, if any.
+    pub(crate) fn get<T: 'static>(&self, id: StateId) -> Option<&T> {
+        let kg = &self.key_groups[self.current_index()];
+        let entry = kg.tables.get(id)?.get(&self.cursor.buf[..])?;
+        Some(downcast_ref::<T>(&*entry.value))
+    }
+
+    /// The current key's value in state `id`, mutable, if any. Copies the key group only if it
+    /// is shared with a snapshot *and* the entry exists.
+    pub(crate) fn get_mut<T: 'static>(&mut self, id: StateId) -> Option<&mut T> {
+        let index = self.current_index();
+        if Arc::get_mut(&mut self.key_groups[index]).is_none() {
+            // Shared with a snapshot: copy only if there is something to change.
+            self.get::<T>(id)?;
+        }
+        let kg = unshare(&mut self.key_groups[index], &mut self.key_group_copies);
+        let entry = kg.tables.get_mut(id)?.get_mut(&self.cursor.buf[..])?;
+        Some(downcast_mut::<T>(&mut *entry.value))
+    }
+
+    /// The current key's value in state `id`, inserted with `init` if absent.
+    pub(crate) fn get_or_insert_with<T: StateData>(&mut self, id: StateId, init: impl FnOnce() -> T) -> &mut T {
+        self.check_handle::<T>(id);
+        let index = self.current_index();
+        let kg = unshare(&mut self.key_groups[index], &mut self.key_group_copies);
+        if kg.tables.len() <= id {
+            kg.tables.resize_with(id + 1, StateTable::default);
+        }
+        let table = &mut kg.tables[id];
+        let buf = &self.cursor.buf[..];
+        // Two lookups on a miss (the key is only copied then); one on a hit, no allocation.
+        if !table.contains_key(buf) {
+            let entry = Entry { key_len: self.cursor.key_len as u32, value: Box::new(init()) };
+            table.insert(buf.into(), entry);
+        }
+        let entry = table.get_mut(buf).expect("just inserted");
+        downcast_mut::<T>(&mut *entry.value)
+    }
+
+    /// Sets the current key's value in state `id`.
+    pub(crate) fn put<T: StateData>(&mut self, id: StateId, value: T) {
+        let mut value = Some(value);
+        let slot = self.get_or_insert_with(id, || value.take().expect("taken once"));
+        if let Some(v) = value {
+            *slot = v;
+        }
+    }
+
+    /// Removes the current key's entry in state `id`; no copy if there is none.
+    pub(crate) fn remove(&mut self, id: StateId) {
+        let index = self.current_index();
+        let present = self.key_groups[index].tables.get(id).is_some_and(|t| t.contains_key(&self.cursor.buf[..]));
+        if present {
+            let kg = unshare(&mut self.key_groups[index], &mut self.key_group_copies);
+            kg.tables[id].remove(&self.cursor.buf[..]);
+        }
+    }
+
+    /// The current key and namespace bytes, split.
+    pub(crate) fn current_key_and_namespace(&self) -> (usize, &[u8], &[u8]) {
+        let index = self.current_index();
+        let (key, namespace) = self.cursor.buf.split_at(self.cursor.key_len);
+        (index, key, namespace)
+    }
+}
+
+/// The key group behind `slot`, unshared: copied first (and counted) if a snapshot holds it.
+fn unshare<'a>(slot: &'a mut Arc<KeyGroupState>, copies: &mut u64) -> &'a mut KeyGroupState {
+    if Arc::get_mut(slot).is_none() {
+        *copies += 1;
+    }
+    Arc::make_mut(slot)
+}
+
+fn downcast_ref<T: 'static>(value: &dyn StoredValue) -> &T {
+    match value.as_any().downcast_ref::<T>() {
+        Some(v) => v,
+        None => panic!("a state handle was used with a backend that did not register it"),
+    }
+}
+
+fn downcast_mut<T: 'static>(value: &mut dyn StoredValue) -> &mut T {
+    match value.as_any_mut().downcast_mut::<T>() {
+        Some(v) => v,
+        None => panic!("a state handle was used with a backend that did not register it"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::SubtaskIndex;
+    use crate::state::ValueStateDescriptor;
+
+    #[test]
+    fn the_current_key_is_serialized_like_codec_to_bytes() {
+        let mut backend = KeyedStateBackend::new(128, KeyGroupRange::all(128));
+        for key in ["", "hello", "a much longer key with unicode ✓"] {
+            let key = key.to_string();
+            backend.set_current_key(&key);
+            let (_, bytes, ns) = backend.current_key_and_namespace();
+            assert_eq!(bytes, &codec::to_bytes(&key).unwrap()[..]);
+            assert!(ns.is_empty());
+            assert_eq!(backend.current_key::<String>(), Some(key.clone()));
+            assert_eq!(backend.current_key_group(), Some(key_group_for_key(&key, 128)));
+        }
+    }
+
+    #[test]
+    fn a_key_outside_the_range_is_a_typed_error_and_leaves_no_current_key() {
+        let range = KeyGroupRange::for_operator_index(128, 4, SubtaskIndex(0));
+        let mut backend = KeyedStateBackend::new(128, range);
+        let mine = (0..1000).find(|k: &i32| range.contains(key_group_for_key(k, 128))).unwrap();
+        let foreign = (0..1000).find(|k: &i32| !range.contains(key_group_for_key(k, 128))).unwrap();
+        backend.set_current_key(&mine);
+        let err = backend.try_set_current_key(&foreign).unwrap_err();
+        assert_eq!(err, StateError::KeyGroupOutOfRange { key_group: key_group_for_key(&foreign, 128), range });
+        assert_eq!(backend.current_key_group(), None);
+        assert_eq!(backend.current_key::<i32>(), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "routed to the wrong subtask")]
+    fn set_current_key_panics_with_a_clear_message_for_a_foreign_key() {
+        let range = KeyGroupRange::new(0, 0);
+        let mut backend = KeyedStateBackend::new(128, range);
+        let foreign = (0..1000).find(|k: &i32| !range.contains(key_group_for_key(k, 128))).unwrap();
+        backend.set_current_key(&foreign);
+    }
+
+    #[test]
+    #[should_panic(expected = "no current key")]
+    fn accessing_state_without_a_current_key_panics_clearly() {
+        let mut backend = KeyedStateBackend::new(8, KeyGroupRange::all(8));
+        let state = backend.get_state(&ValueStateDescriptor::<u32>::new("v")).unwrap();
+        state.value(&backend);
+    }
+
+    #[test]
+    fn registering_a_name_twice_gives_the_same_state_and_a_conflict_is_typed() {
+        let mut backend = KeyedStateBackend::new(8, KeyGroupRange::all(8));
+        let a = backend.register::<u32>("s", StateKind::Value).unwrap();
+        let b = backend.register::<u32>("s", StateKind::Value).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(
+            backend.register::<u32>("s", StateKind::Reducing),
+            Err(StateError::KindMismatch { name: "s".into(), existing: StateKind::Value, requested: StateKind::Reducing })
+        );
+        assert!(matches!(backend.register::<u64>("s", StateKind::Value), Err(StateError::TypeMismatch { .. })));
+        assert_eq!(backend.state_names(), vec!["s"]);
+    }
+
+    #[test]
+    fn keys_are_distinct_sorted_and_cover_every_namespace() {
+        let mut backend = KeyedStateBackend::new(16, KeyGroupRange::all(16));
+        let state = backend.get_state(&ValueStateDescriptor::<u8>::new("v")).unwrap();
+        for (key, ns) in [(5i64, 0u8), (3, 0), (5, 1), (-2, 7), (3, 1)] {
+            backend.set_current_key(&key);
+            backend.set_current_namespace(&ns);
+            state.update(&mut backend, ns);
+        }
+        assert_eq!(backend.keys::<i64>("v"), vec![-2, 3, 5]);
+        assert_eq!(backend.keys::<i64>("unknown"), Vec::<i64>::new());
+        assert!(matches!(backend.try_keys::<String>("v"), Err(StateError::KeyDecode(_))));
+    }
+
+    #[test]
+    fn namespaces_switch_without_touching_the_key() {
+        let mut backend = KeyedStateBackend::new(16, KeyGroupRange::all(16));
+        backend.set_current_key(&"k".to_string());
+        backend.set_current_namespace(&(10i64, 20i64));
+        assert_eq!(backend.current_namespace_bytes(), &codec::to_bytes(&(10i64, 20i64)).unwrap()[..]);
+        backend.set_void_namespace();
+        assert!(backend.current_namespace_bytes().is_empty());
+        assert_eq!(backend.current_key::<String>(), Some("k".to_string()));
+        // A namespace set before the key applies to the key set after.
+        backend.set_current_namespace(&1u8);
+        backend.set_current_key(&"j".to_string());
+        let (_, key, ns) = backend.current_key_and_namespace();
+        assert_eq!((key, ns), (&codec::to_bytes(&"j".to_string()).unwrap()[..], &[1u8][..]));
+    }
+}
