@@ -15,7 +15,7 @@
 //!         out.extend(line.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase))
 //!     })
 //!     .key_by("by-word", |w: &String| w.clone())
-//!     .process("count", RunningCount)
+//!     .process("count", RunningCount::default())
 //!     .add_sink("out", || Out);
 //! let job = env.build().unwrap();
 //! let exec = job.expand();
@@ -220,7 +220,7 @@ impl<K: Key, T: Data, S: Fn(&T) -> K + Clone + Send + Sync + 'static> KeyedStrea
     /// Runs a keyed process function over the stream.
     pub fn process<F>(&self, name: impl Into<String>, function: F) -> DataStream<F::Out>
     where
-        F: KeyedProcessFunction<Key = K, In = T> + Clone,
+        F: KeyedProcessFunction<Key = K, In = T> + Clone + Sync,
     {
         let selector = self.selector.clone();
         let make = move || KeyedProcessOperator::new(function.clone(), selector.clone());

@@ -69,7 +69,7 @@ pub struct Channel {
 }
 
 /// The expanded job.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ExecutionGraph {
     /// The job's name.
     pub job_name: String,
@@ -165,6 +165,17 @@ impl JobGraph {
         channels.sort();
         let factories = g.node_weights().filter_map(|n| n.factory.clone().map(|f| (n.id, f))).collect();
         ExecutionGraph { job_name: self.name.clone(), vertices, edges, channels, factories }
+    }
+}
+
+impl std::fmt::Debug for ExecutionGraph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutionGraph")
+            .field("job_name", &self.job_name)
+            .field("vertices", &self.vertices)
+            .field("edges", &self.edges)
+            .field("channels", &self.channels.len())
+            .finish()
     }
 }
 

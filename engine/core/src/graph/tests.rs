@@ -37,7 +37,7 @@ fn word_count(p_src: u32, p_count: u32) -> StreamEnvironment {
     env.set_parallelism(p_src);
     let words = env.add_source("lines", || Lines).flat_map("split", split);
     env.set_parallelism(p_count);
-    words.key_by("by-word", |w: &String| w.clone()).process("count", RunningCount).add_sink("out", out::<(String, u64)>);
+    words.key_by("by-word", |w: &String| w.clone()).process("count", RunningCount::default()).add_sink("out", out::<(String, u64)>);
     env
 }
 
@@ -76,7 +76,7 @@ fn partitioners_follow_the_api_and_parallelism() {
         ("a parallelism change is rebalance", || {
             let env = StreamEnvironment::new("j");
             let s = env.add_source("s", || Lines).set_parallelism(2);
-            s.map("m", |s: String| s).set_parallelism(3).add_sink("k", out::<String>);
+            s.map("m", |s: String| s).set_parallelism(3).add_sink("k", out::<String>).set_parallelism(3);
             env
         }, vec![Partitioner::Rebalance], 6),
         ("explicit rebalance at equal parallelism breaks the chain", || {
@@ -95,7 +95,7 @@ fn partitioners_follow_the_api_and_parallelism() {
             let env = StreamEnvironment::new("j");
             env.set_parallelism(2);
             env.add_source("s", || Lines)
-                .key_by("k1", |w: &String| w.clone()).process("count", RunningCount)
+                .key_by("k1", |w: &String| w.clone()).process("count", RunningCount::default())
                 .key_by("k2", |(_, n): &(String, u64)| *n % 4).process("again", crate::operator::keyed_process::tests_support::Forward::<u64, (String, u64)>::default())
                 .add_sink("k", out::<(String, u64)>);
             env

@@ -10,7 +10,7 @@
 use super::{Data, Operator, OperatorContext, OperatorError, OperatorResult};
 use crate::element::{Timestamp, Watermark};
 use crate::key_groups::Key;
-use crate::state::{FiredTimer, KeyedStateBackend};
+use crate::state::{FiredTimer, KeyedStateBackend, ValueState, ValueStateDescriptor};
 use std::marker::PhantomData;
 
 /// What a keyed process function sees besides the record: its key, keyed state, time, timers.
@@ -32,7 +32,7 @@ impl<K> KeyedContext<'_, K> {
     }
 
     /// Fires `on_timer` for this key once processing time reaches `timestamp_ms`.
-    pub fn register_processing_time_timer(&mut self, timestamp_ms: Timestamp) {
+    pub fn register_processing_time_timer(&mut self, timestamp_ms: u64) {
         self.state.register_processing_time_timer(timestamp_ms);
     }
 }
@@ -45,6 +45,12 @@ pub trait KeyedProcessFunction: Send + 'static {
     type In: Data;
     /// Output records.
     type Out: Data;
+
+    /// Called once before any record, after the state was restored: register state here
+    /// (`state.get_state(&descriptor)`) and keep the returned handles.
+    fn open(&mut self, _state: &mut KeyedStateBackend) -> OperatorResult {
+        Ok(())
+    }
 
     /// Handles one record; state in `ctx.state` is scoped to `ctx.key`.
     fn process_element(&mut self, record: Self::In, ctx: &mut KeyedContext<'_, Self::Key>, out: &mut Vec<Self::Out>) -> OperatorResult;
@@ -88,6 +94,10 @@ where
     type In = F::In;
     type Out = F::Out;
 
+    fn initialize_state(&mut self, ctx: &mut OperatorContext<'_>, _restored_from: Option<crate::ids::CheckpointId>) -> OperatorResult {
+        self.function.open(ctx.keyed())
+    }
+
     fn process_batch(&mut self, ctx: &mut OperatorContext<'_>, input: Vec<F::In>, out: &mut Vec<F::Out>) -> OperatorResult {
         let now_ms = ctx.now_ms;
         let watermark = self.watermark;
@@ -115,7 +125,7 @@ where
     fn advance_processing_time(&mut self, ctx: &mut OperatorContext<'_>, out: &mut Vec<F::Out>) -> OperatorResult {
         let now_ms = ctx.now_ms;
         let state = ctx.keyed();
-        let fired = state.advance_processing_time(now_ms as Timestamp);
+        let fired = state.advance_processing_time(now_ms);
         self.fire(state, now_ms, fired, out)
     }
 }
@@ -123,11 +133,13 @@ where
 /// Flink's classic stateful word count as a keyed process function: keeps a `ValueState<u64>`
 /// count per word and emits `(word, running_count)` for every occurrence.
 #[derive(Clone, Debug, Default)]
-pub struct RunningCount;
+pub struct RunningCount {
+    count: Option<ValueState<u64>>,
+}
 
-/// The state descriptor [`RunningCount`] uses.
-pub fn running_count_descriptor() -> crate::state::ValueStateDescriptor<u64> {
-    crate::state::ValueStateDescriptor::new("count")
+impl RunningCount {
+    /// The name of the count state.
+    pub const STATE: &'static str = "count";
 }
 
 impl KeyedProcessFunction for RunningCount {
@@ -135,12 +147,17 @@ impl KeyedProcessFunction for RunningCount {
     type In = String;
     type Out = (String, u64);
 
+    fn open(&mut self, state: &mut KeyedStateBackend) -> OperatorResult {
+        let count = state.get_state(&ValueStateDescriptor::<u64>::new(Self::STATE)).map_err(|e| OperatorError::State(e.to_string()))?;
+        self.count = Some(count);
+        Ok(())
+    }
+
     fn process_element(&mut self, word: String, ctx: &mut KeyedContext<'_, String>, out: &mut Vec<(String, u64)>) -> OperatorResult {
-        let desc = running_count_descriptor();
-        let mut count = ctx.state.value(&desc).map_err(|e| OperatorError::State(e.to_string()))?;
-        let n = count.value().map_err(|e| OperatorError::State(e.to_string()))?.unwrap_or(0) + 1;
-        count.update(n).map_err(|e| OperatorError::State(e.to_string()))?;
-        out.push((word, n));
+        let count = self.count.ok_or_else(|| OperatorError::Protocol("process_element before open".into()))?;
+        let n = count.get_or_insert_with(ctx.state, || 0);
+        *n += 1;
+        out.push((word, *n));
         Ok(())
     }
 }
@@ -184,7 +201,8 @@ mod tests {
 
     #[test]
     fn running_count_emits_each_words_running_count_in_order() {
-        let mut h = Harness::keyed(KeyedProcessOperator::new(RunningCount, |w: &String| w.clone()), 128, KeyGroupRange::all(128));
+        let mut h = Harness::keyed(KeyedProcessOperator::new(RunningCount::default(), |w: &String| w.clone()), 128, KeyGroupRange::all(128));
+        h.initialize(None);
         let words = |ws: &[&str]| ws.iter().map(|w| w.to_string()).collect::<Vec<_>>();
         let got = h.batch(words(&["a", "b", "a", "a", "b", "c"]));
         let want: Vec<(String, u64)> = [("a", 1), ("b", 1), ("a", 2), ("a", 3), ("b", 2), ("c", 1)].iter().map(|(w, n)| (w.to_string(), *n)).collect();
@@ -193,34 +211,36 @@ mod tests {
     }
 
     /// Sums values per key and emits the sum when the event-time timer at the key's deadline fires.
-    #[derive(Clone)]
-    struct SumUntil;
+    #[derive(Clone, Default)]
+    struct SumUntil {
+        sum: Option<ValueState<u64>>,
+    }
     impl KeyedProcessFunction for SumUntil {
         type Key = String;
         type In = (String, i64, u64); // key, deadline, value
         type Out = (String, i64, u64);
-        fn process_element(&mut self, (key, deadline, v): Self::In, ctx: &mut KeyedContext<'_, String>, _out: &mut Vec<Self::Out>) -> OperatorResult {
-            let desc = crate::state::ValueStateDescriptor::<u64>::new("sum");
-            let mut s = ctx.state.value(&desc).map_err(|e| OperatorError::State(e.to_string()))?;
-            let sum = s.value().map_err(|e| OperatorError::State(e.to_string()))?.unwrap_or(0) + v;
-            s.update(sum).map_err(|e| OperatorError::State(e.to_string()))?;
-            let _ = key;
+        fn open(&mut self, state: &mut KeyedStateBackend) -> OperatorResult {
+            self.sum = Some(state.get_state(&ValueStateDescriptor::new("sum")).map_err(|e| OperatorError::State(e.to_string()))?);
+            Ok(())
+        }
+        fn process_element(&mut self, (_, deadline, v): Self::In, ctx: &mut KeyedContext<'_, String>, _out: &mut Vec<Self::Out>) -> OperatorResult {
+            *self.sum.unwrap().get_or_insert_with(ctx.state, || 0) += v;
             ctx.register_event_time_timer(deadline);
             Ok(())
         }
         fn on_timer(&mut self, ts: Timestamp, ctx: &mut KeyedContext<'_, String>, out: &mut Vec<Self::Out>) -> OperatorResult {
-            let desc = crate::state::ValueStateDescriptor::<u64>::new("sum");
-            let mut s = ctx.state.value(&desc).map_err(|e| OperatorError::State(e.to_string()))?;
-            let sum = s.value().map_err(|e| OperatorError::State(e.to_string()))?.unwrap_or(0);
-            s.clear();
-            out.push((ctx.key.clone(), ts, sum));
+            let sum = self.sum.unwrap();
+            let total = sum.value(ctx.state).unwrap_or(0);
+            sum.clear(ctx.state);
+            out.push((ctx.key.clone(), ts, total));
             Ok(())
         }
     }
 
     #[test]
     fn event_time_timers_fire_per_key_when_the_watermark_passes_them() {
-        let mut h = Harness::keyed(KeyedProcessOperator::new(SumUntil, |r: &(String, i64, u64)| r.0.clone()), 128, KeyGroupRange::all(128));
+        let mut h = Harness::keyed(KeyedProcessOperator::new(SumUntil::default(), |r: &(String, i64, u64)| r.0.clone()), 128, KeyGroupRange::all(128));
+        h.initialize(None);
         let rec = |k: &str, d: i64, v: u64| (k.to_string(), d, v);
         assert!(h.batch(vec![rec("a", 10, 1), rec("b", 20, 5), rec("a", 10, 2)]).is_empty());
         assert_eq!(h.watermark(9), vec![]);
