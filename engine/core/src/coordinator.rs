@@ -982,6 +982,11 @@ mod tests {
         }
     }
 
+    /// A script: each input with the commands it must produce.
+    type Script = Vec<(Step, &'static [&'static str])>;
+    /// A named script under a configuration.
+    type Case = (&'static str, CheckpointConfig, Script);
+
     /// Runs a script of (input, the commands it must produce).
     fn script(name: &str, c: &mut CheckpointCoordinator, steps: &[(Step, &[&str])]) {
         for (n, (step, want)) in steps.iter().enumerate() {
@@ -998,7 +1003,7 @@ mod tests {
             c
         };
         use Step::*;
-        let cases: Vec<(&str, CheckpointConfig, Vec<(Step, &[&str])>)> = vec![
+        let cases: Vec<Case> = vec![
             ("the first checkpoint is due one interval after the first tick", config(), vec![
                 (Tick(5), &[]),
                 (Tick(104), &[]),
@@ -1058,11 +1063,12 @@ mod tests {
             c
         };
         use Step::*;
-        let cases: Vec<(&str, CheckpointConfig, Vec<(Step, &[&str])>)> = vec![
+        let cases: Vec<Case> = vec![
             ("a decline aborts, discards what was acked, and with 0 tolerated fails the job once", config(), vec![
                 (Tick(0), &[]),
                 (Tick(100), &["trigger cp1"]),
                 (Ack(110, 1, 0), &[]),
+                (StaleAck(115, 1, 3), &[]),
                 (Decline(120, 1, 3), &["abort cp1 declined by op1#1", "discard aborted cp1 (1)", "fail job"]),
                 (Tick(500), &[]),
                 (Tick(5_000), &[]),
@@ -1167,7 +1173,7 @@ mod tests {
             c
         };
         use Step::*;
-        let cases: Vec<(&str, CheckpointConfig, Vec<(Step, &[&str])>)> = vec![
+        let cases: Vec<Case> = vec![
             ("when every source ended, the final checkpoint is triggered at once", config(), vec![
                 (Tick(0), &[]),
                 (EndOfInput(10, 0), &[]),

@@ -424,7 +424,9 @@ pub(crate) mod tests {
             ("wrong subtask", edit(|h| h.subtask = SubtaskId::new(OP, 1))),
             ("outside range", edit(|h| h.keyed.as_mut().unwrap().key_groups[0].key_group = KeyGroup(3))),
             ("twice", edit(|h| h.keyed.as_mut().unwrap().key_groups[1].key_group = KeyGroup(0))),
-            ("missing", edit(|h| drop(h.keyed.as_mut().unwrap().key_groups.pop()))),
+            ("missing", edit(|h| {
+                h.keyed.as_mut().unwrap().key_groups.pop();
+            })),
             ("past the blob", edit(|h| h.keyed.as_mut().unwrap().key_groups[2].len = 11)),
             ("overflow", edit(|h| h.keyed.as_mut().unwrap().key_groups[2].offset = u64::MAX)),
         ];
