@@ -1392,7 +1392,7 @@ mod tests {
     }
 
     /// A random input for the property test; picks are taken modulo whatever exists.
-    #[derive(Clone, Debug)]
+    #[derive(Clone, Copy, Debug)]
     enum Op {
         Tick(u64),
         Ack(usize, usize),
@@ -1403,6 +1403,7 @@ mod tests {
         MetaOk(usize),
         MetaErr(usize),
         EndOfInput(usize),
+        AttemptEnded,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1438,7 +1439,11 @@ mod tests {
         /// reported that write; completed ids strictly increase and complete once; the latest
         /// completed checkpoint is never discarded; FailJob and JobFinished come at most once.
         #[test]
-        fn completion_needs_every_ack_and_a_durable_write(config in any_config(), ops in prop::collection::vec(op(), 1..120)) {
+        fn completion_needs_every_ack_and_a_durable_write(
+            config in any_config(),
+            ops in prop::collection::vec(op(), 1..120),
+            end_at in prop::option::weighted(0.3, 0usize..120),
+        ) {
             let mut c = coordinator(config);
             let mut now = 0u64;
             let mut acked: BTreeMap<CheckpointId, BTreeSet<SubtaskId>> = BTreeMap::new();
@@ -1446,8 +1451,12 @@ mod tests {
             let mut completed: Vec<CheckpointId> = Vec::new();
             let mut aborted: BTreeSet<CheckpointId> = BTreeSet::new();
             let (mut fail_jobs, mut finished) = (0, 0);
+            let mut ended = false;
+            // Checkpoints whose metadata write was issued and has not been reported yet.
+            let mut persisting: BTreeSet<CheckpointId> = BTreeSet::new();
             let all: BTreeSet<SubtaskId> = plan().all_subtasks.into_iter().collect();
-            for op in ops {
+            for (i, op) in ops.into_iter().enumerate() {
+                let op = if end_at == Some(i) { Op::AttemptEnded } else { op };
                 let pending = c.pending_ids();
                 let pick = |p: usize| (!pending.is_empty()).then(|| pending[p % pending.len()]);
                 let mut wrote_ok: Option<CheckpointId> = None;
@@ -1477,13 +1486,29 @@ mod tests {
                     },
                     Op::MetaErr(p) => pick(p).map(|id| c.on_metadata_persisted(now, id, Err("io".into()))).unwrap_or_default(),
                     Op::EndOfInput(s) => c.on_end_of_input(now, A1, subtask(s)),
+                    Op::AttemptEnded => {
+                        let out = c.on_attempt_ended(now);
+                        // The state of the checkpoint whose write is in flight may be durable: never discarded.
+                        for cmd in &out {
+                            if let CoordinatorCommand::DiscardAborted { checkpoint_id, .. } = cmd {
+                                prop_assert!(!persisting.contains(checkpoint_id), "{} discarded while its write may have landed", checkpoint_id);
+                            }
+                        }
+                        ended = true;
+                        out
+                    }
                 };
+                if ended && !matches!(op, Op::AttemptEnded) {
+                    prop_assert!(out.is_empty(), "{:?} after the attempt ended: {:?}", op, out);
+                }
                 for cmd in &out {
                     match cmd {
                         CoordinatorCommand::PersistMetadata { checkpoint_id, metadata } => {
                             prop_assert_eq!(acked.get(checkpoint_id), Some(&all), "{} persisted without every ack", checkpoint_id);
                             prop_assert_eq!(metadata.operators.values().map(|o| o.subtasks.len()).sum::<usize>(), all.len());
                             prop_assert!(persist_requested.insert(*checkpoint_id), "{} persisted twice", checkpoint_id);
+                            prop_assert!(persisting.is_empty(), "a second metadata write while {:?} is in flight", persisting);
+                            persisting.insert(*checkpoint_id);
                         }
                         CoordinatorCommand::NotifyComplete { checkpoint_id } => {
                             prop_assert_eq!(wrote_ok, Some(*checkpoint_id), "{} completed without its write succeeding", checkpoint_id);
@@ -1491,11 +1516,15 @@ mod tests {
                             prop_assert_eq!(acked.get(checkpoint_id), Some(&all));
                             prop_assert!(completed.last().is_none_or(|last| last < checkpoint_id), "{} after {:?}", checkpoint_id, completed);
                             prop_assert!(!aborted.contains(checkpoint_id));
+                            prop_assert!(persisting.remove(checkpoint_id));
                             completed.push(*checkpoint_id);
                         }
                         CoordinatorCommand::NotifyAborted { checkpoint_id, .. } => {
                             prop_assert!(!completed.contains(checkpoint_id), "{} aborted after completing", checkpoint_id);
                             prop_assert!(aborted.insert(*checkpoint_id), "{} aborted twice", checkpoint_id);
+                            if !matches!(op, Op::AttemptEnded) {
+                                persisting.remove(checkpoint_id);
+                            }
                         }
                         CoordinatorCommand::Discard { metadata } => {
                             prop_assert_ne!(Some(metadata.checkpoint_id), c.latest_completed().map(|l| l.checkpoint_id));
