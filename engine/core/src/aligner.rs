@@ -247,12 +247,8 @@ impl<T> BarrierAligner<T> {
         if num_channels == 0 {
             return Err(AlignerError::NoChannels);
         }
-        let channel = Channel {
-            last_barrier_arrived: None,
-            end_arrived: false,
-            finished: false,
-            watermark: Watermark::MIN,
-        };
+        let channel =
+            Channel { last_barrier_arrived: None, end_arrived: false, finished: false, watermark: Watermark::MIN };
         Ok(BarrierAligner {
             config,
             channels: vec![channel; num_channels as usize],
@@ -362,16 +358,10 @@ impl<T> BarrierAligner<T> {
     }
 
     /// Checks the arrival against the channel's protocol and records it. Changes nothing on error.
-    fn check_arrival(
-        &mut self,
-        channel: ChannelIndex,
-        element: &StreamElement<T>,
-    ) -> Result<(), AlignerError> {
+    fn check_arrival(&mut self, channel: ChannelIndex, element: &StreamElement<T>) -> Result<(), AlignerError> {
         let num_channels = self.num_channels();
-        let state = self
-            .channels
-            .get_mut(channel.0 as usize)
-            .ok_or(AlignerError::UnknownChannel { channel, num_channels })?;
+        let state =
+            self.channels.get_mut(channel.0 as usize).ok_or(AlignerError::UnknownChannel { channel, num_channels })?;
         if state.end_arrived {
             return Err(AlignerError::ElementAfterEndOfPartition { channel });
         }
@@ -383,11 +373,7 @@ impl<T> BarrierAligner<T> {
                         return Err(AlignerError::DuplicateBarrier { channel, checkpoint_id });
                     }
                     Some(previous) if previous > checkpoint_id => {
-                        return Err(AlignerError::BarrierOutOfOrder {
-                            channel,
-                            checkpoint_id,
-                            previous,
-                        });
+                        return Err(AlignerError::BarrierOutOfOrder { channel, checkpoint_id, previous });
                     }
                     _ => state.last_barrier_arrived = Some(checkpoint_id),
                 }
@@ -420,8 +406,7 @@ impl<T> BarrierAligner<T> {
     fn buffer_or_abort(&mut self, pending: Pending<T>) {
         debug_assert_eq!(self.config.mode, CheckpointingMode::ExactlyOnce);
         let bytes = self.buffered_bytes.saturating_add(pending.size_bytes);
-        let fits = bytes <= self.config.alignment_buffer_bytes_max
-            && self.buffer.len() < ALIGNMENT_BUFFER_ELEMENTS_MAX;
+        let fits = bytes <= self.config.alignment_buffer_bytes_max && self.buffer.len() < ALIGNMENT_BUFFER_ELEMENTS_MAX;
         if fits {
             self.buffered_bytes = bytes;
             self.buffer.push_back(pending);
@@ -442,13 +427,8 @@ impl<T> BarrierAligner<T> {
 
     /// Outputs the gate's watermark if it increased.
     fn advance_watermark(&mut self) {
-        let combined = self
-            .channels
-            .iter()
-            .filter(|c| !c.finished)
-            .map(|c| c.watermark)
-            .min()
-            .unwrap_or(Watermark::MAX);
+        let combined =
+            self.channels.iter().filter(|c| !c.finished).map(|c| c.watermark).min().unwrap_or(Watermark::MAX);
         if combined > self.watermark {
             self.watermark = combined;
             self.output.push_back(AlignerOutput::Watermark(combined));
@@ -565,6 +545,9 @@ mod tests {
 
     // ---- notation for the tables ----------------------------------------------------------
 
+    /// One table step: an element arriving on a channel.
+    type Step = (u32, StreamElement<u32>);
+
     /// Records (each record costs 10 bytes of alignment buffer).
     fn r(records: &[u32]) -> StreamElement<u32> {
         StreamElement::Records(records.to_vec())
@@ -599,10 +582,9 @@ mod tests {
             AlignerOutput::CheckpointAborted { checkpoint_id, reason: AbortReason::Subsumed { by } } => {
                 format!("abort {checkpoint_id}: subsumed by {by}")
             }
-            AlignerOutput::CheckpointAborted {
-                checkpoint_id,
-                reason: AbortReason::AlignmentBufferFull { bytes },
-            } => format!("abort {checkpoint_id}: buffer full at {bytes} B"),
+            AlignerOutput::CheckpointAborted { checkpoint_id, reason: AbortReason::AlignmentBufferFull { bytes } } => {
+                format!("abort {checkpoint_id}: buffer full at {bytes} B")
+            }
             AlignerOutput::EndOfInput => "end".to_string(),
         }
     }
@@ -614,7 +596,7 @@ mod tests {
     }
 
     /// Pushes every step (polling after each) and returns the rendered outputs.
-    fn run(aligner: &mut BarrierAligner<u32>, steps: Vec<(u32, StreamElement<u32>)>) -> Vec<String> {
+    fn run(aligner: &mut BarrierAligner<u32>, steps: Vec<Step>) -> Vec<String> {
         let mut outputs = Vec::new();
         for (channel, element) in steps {
             let size = size_of(&element);
@@ -631,7 +613,7 @@ mod tests {
         name: &'static str,
         channels: u32,
         config: AlignerConfig,
-        steps: Vec<(u32, StreamElement<u32>)>,
+        steps: Vec<Step>,
         expected: &'static [&'static str],
     }
 
@@ -692,15 +674,7 @@ mod tests {
                 name: "a barrier behind a blocked channel's buffer starts the next alignment on release",
                 channels: 2,
                 config: EO,
-                steps: vec![
-                    (0, b(1)),
-                    (0, r(&[1])),
-                    (0, b(2)),
-                    (0, r(&[2])),
-                    (1, b(1)),
-                    (1, r(&[3])),
-                    (1, b(2)),
-                ],
+                steps: vec![(0, b(1)), (0, r(&[1])), (0, b(2)), (0, r(&[2])), (1, b(1)), (1, r(&[3])), (1, b(2))],
                 expected: &["cp1", "ch0 [1]", "ch1 [3]", "cp2", "ch0 [2]"],
             },
             Case {
@@ -845,8 +819,9 @@ mod tests {
         let mut aligner = BarrierAligner::<u32>::new(2, AlignerConfig::exactly_once(100));
         let ch0 = ChannelIndex(0);
         let ch1 = ChannelIndex(1);
-        // (channel, element) then (aligning, ch0 blocked, ch1 blocked, buffered bytes)
-        let table: Vec<((u32, StreamElement<u32>), (Option<u64>, bool, bool, usize))> = vec![
+        // (aligning, ch0 blocked, ch1 blocked, buffered bytes) after the step
+        type After = (Option<u64>, bool, bool, usize);
+        let table: Vec<(Step, After)> = vec![
             ((0, r(&[1])), (None, false, false, 0)),
             ((0, b(1)), (Some(1), true, false, 0)),
             ((0, r(&[2, 3])), (Some(1), true, false, 20)),
@@ -984,7 +959,9 @@ mod tests {
     fn protocol_violations_are_typed_errors_that_change_nothing() {
         let ch = ChannelIndex;
         let cp = CheckpointId;
-        let cases: Vec<(&str, AlignerConfig, Vec<(u32, StreamElement<u32>)>, (u32, StreamElement<u32>), AlignerError)> = vec![
+        // (name, config, steps before, the refused step, its error)
+        type Violation = (&'static str, AlignerConfig, Vec<Step>, Step, AlignerError);
+        let cases: Vec<Violation> = vec![
             (
                 "an unknown channel",
                 EO,
@@ -1096,12 +1073,8 @@ mod tests {
 
     impl Scenario {
         fn streams(&self) -> Streams {
-            let mut streams = Streams {
-                elements: Vec::new(),
-                barriers: Vec::new(),
-                records: BTreeSet::new(),
-                barrier_ids_max: 0,
-            };
+            let mut streams =
+                Streams { elements: Vec::new(), barriers: Vec::new(), records: BTreeSet::new(), barrier_ids_max: 0 };
             for (channel, (segments, present)) in self.channels.iter().enumerate() {
                 let channel = channel as u32;
                 let (mut elements, mut barriers) = (Vec::new(), BTreeSet::new());
@@ -1110,11 +1083,8 @@ mod tests {
                     if epoch > 0 && present[epoch - 1] {
                         last_barrier = epoch as u64;
                         barriers.insert(last_barrier);
-                        let barrier = Barrier {
-                            checkpoint_id: CheckpointId(last_barrier),
-                            triggered_at_ms: 0,
-                            is_final: false,
-                        };
+                        let barrier =
+                            Barrier { checkpoint_id: CheckpointId(last_barrier), triggered_at_ms: 0, is_final: false };
                         elements.push((StreamElement::Barrier(barrier), 1));
                     }
                     for item in segment {
@@ -1149,10 +1119,8 @@ mod tests {
                 1 => (0i64..20).prop_map(Item::Watermark),
             ];
             let present = if may_skip { prop::bool::weighted(0.8).boxed() } else { Just(true).boxed() };
-            let channel = (
-                prop::collection::vec(prop::collection::vec(item, 0..4), k + 1),
-                prop::collection::vec(present, k),
-            );
+            let channel =
+                (prop::collection::vec(prop::collection::vec(item, 0..4), k + 1), prop::collection::vec(present, k));
             (
                 prop::collection::vec(channel, n as usize),
                 prop::collection::vec(any::<u32>(), 100),
