@@ -61,7 +61,8 @@
 //! # Output queue bound
 //!
 //! Outputs wait in a queue until polled. Poll until `None` after each push: the queue then never
-//! holds more than one pushed element plus the released alignment buffer, which is bounded above.
+//! holds more than the outputs of one pushed element plus those of the released alignment buffer,
+//! which is bounded above.
 
 use crate::element::{Barrier, CheckpointingMode, StreamElement, Watermark};
 use crate::ids::{ChannelIndex, CheckpointId};
@@ -91,7 +92,7 @@ impl AlignerConfig {
         AlignerConfig { mode: CheckpointingMode::ExactlyOnce, alignment_buffer_bytes_max }
     }
 
-    /// Unaligned-by-tracking, at-least-once checkpoints (the buffer budget is unused).
+    /// At-least-once checkpoints: barriers are counted, channels never block (no buffer is used).
     pub const fn at_least_once() -> Self {
         AlignerConfig { mode: CheckpointingMode::AtLeastOnce, alignment_buffer_bytes_max: 0 }
     }
