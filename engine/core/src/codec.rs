@@ -152,7 +152,8 @@ mod tests {
         *flipped.last_mut().unwrap() ^= 0x40;
         let mut longer = good.clone();
         longer.push(0);
-        let cases: Vec<(&str, Vec<u8>, fn(&CodecError) -> bool)> = vec![
+        type IsExpected = fn(&CodecError) -> bool;
+        let cases: Vec<(&str, Vec<u8>, IsExpected)> = vec![
             ("empty", vec![], |e| matches!(e, CodecError::Truncated { .. })),
             ("header only", good[..ENVELOPE_HEADER_BYTES].to_vec(), |e| matches!(e, CodecError::Truncated { .. })),
             ("one byte short", good[..good.len() - 1].to_vec(), |e| matches!(e, CodecError::Truncated { .. })),

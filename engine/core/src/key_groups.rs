@@ -125,7 +125,7 @@ pub fn key_group_for_hash(java_hash: i32, max_parallelism: u32) -> KeyGroup {
 }
 
 /// The key group of a key (`assignToKeyGroup`).
-pub fn key_group_for_key<K: Key + ?Sized>(key: &K, max_parallelism: u32) -> KeyGroup {
+pub fn key_group_for_key<K: Key>(key: &K, max_parallelism: u32) -> KeyGroup {
     key_group_for_hash(key.java_hash_code(), max_parallelism)
 }
 
@@ -170,7 +170,7 @@ impl KeyGroupRange {
         assert!(parallelism <= max_parallelism, "parallelism {parallelism} above max parallelism {max_parallelism}");
         assert!(operator_index.0 < parallelism, "operator index {operator_index} out of [0, {parallelism})");
         let (i, p, m) = (operator_index.0 as u64, parallelism as u64, max_parallelism as u64);
-        let start = (i * m + p - 1) / p;
+        let start = (i * m).div_ceil(p);
         let end = ((i + 1) * m - 1) / p;
         KeyGroupRange { start: start as u32, end: end as u32 }
     }
