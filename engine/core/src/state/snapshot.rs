@@ -23,7 +23,7 @@
 //! The single-blob form ([`KeyedSnapshot::to_blob`]) concatenates the sealed key-group blobs and
 //! returns a [`KeyGroupOffset`] index, so any key group can be sliced out of one subtask blob.
 
-use super::backend::{Entry, KeyGroupState, KeyedStateBackend, PendingState, StateMeta, StateTable, TimerKey};
+use super::backend::{KeyGroupState, KeyedStateBackend, PendingState, RawEntry, StateMeta, TimerKey};
 use super::StateKind;
 use crate::codec::{self, CodecError};
 use crate::ids::{CheckpointId, KeyGroup};
@@ -236,14 +236,15 @@ impl KeyedSnapshot {
     fn key_group_body(&self, key_group: KeyGroup, state: &KeyGroupState) -> Result<KeyGroupBody, SnapshotError> {
         let mut states = Vec::new();
         for (id, meta) in self.metas.iter().enumerate() {
-            let Some(table) = state.tables.get(id).filter(|t| !t.is_empty()) else { continue };
-            let mut entries = Vec::with_capacity(table.len());
-            for (composite, entry) in table {
-                let (key, namespace) = composite.split_at(entry.key_len as usize);
-                let value = (meta.encode)(&*entry.value)
-                    .map_err(|source| SnapshotError::Encode { name: meta.name.clone(), source })?;
-                entries.push(EntryBody { key: key.to_vec(), namespace: namespace.to_vec(), value });
-            }
+            let Some(table) = state.tables.get(id).and_then(Option::as_deref).filter(|t| t.len() > 0) else { continue };
+            let raw = table.encode().map_err(|source| SnapshotError::Encode { name: meta.name.clone(), source })?;
+            let mut entries: Vec<EntryBody> = raw
+                .into_iter()
+                .map(|(composite, key_len, value)| {
+                    let (key, namespace) = composite.split_at(key_len as usize);
+                    EntryBody { key: key.to_vec(), namespace: namespace.to_vec(), value }
+                })
+                .collect();
             entries.sort_unstable();
             states.push(StateBody { name: meta.name.clone(), kind: meta.kind, entries });
         }
@@ -353,21 +354,17 @@ impl KeyedStateBackend {
                     if meta.kind != s.kind {
                         return Err(SnapshotError::KindMismatch { name: s.name, snapshot: s.kind, registered: meta.kind });
                     }
-                    let mut table = StateTable::default();
-                    table.reserve(composites.len());
-                    for (composite, (key_len, bytes)) in composites {
-                        let value = (meta.decode)(&bytes).map_err(|source| SnapshotError::ValueDecode {
-                            name: meta.name.clone(),
-                            key_group,
-                            type_name: meta.type_name,
-                            source,
-                        })?;
-                        table.insert(composite, Entry { key_len, value });
-                    }
+                    let raw: Vec<RawEntry> = composites.into_iter().map(|(c, (len, v))| (c, len, v)).collect();
+                    let table = (meta.decode_table)(&raw).map_err(|source| SnapshotError::ValueDecode {
+                        name: meta.name.clone(),
+                        key_group,
+                        type_name: meta.type_name,
+                        source,
+                    })?;
                     if state.tables.len() <= id {
-                        state.tables.resize_with(id + 1, StateTable::default);
+                        state.tables.resize_with(id + 1, || None);
                     }
-                    state.tables[id] = table;
+                    state.tables[id] = Some(table);
                 }
                 None => {
                     let entries = composites.into_iter().map(|(c, (len, v))| (c, len, v)).collect();
