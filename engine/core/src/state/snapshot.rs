@@ -599,6 +599,43 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_can_be_written_on_another_thread() {
+        fn assert_send<T: Send + 'static>(_: &T) {}
+        let be = KeyedStateBackend::new(8, KeyGroupRange::all(8));
+        let snapshot = be.snapshot(CheckpointId(1));
+        assert_send(&snapshot);
+        assert_eq!(snapshot.checkpoint_id(), CheckpointId(1));
+        assert_eq!(snapshot.key_group_range(), KeyGroupRange::all(8));
+    }
+
+    #[test]
+    fn restore_skips_and_counts_key_groups_of_other_subtasks() {
+        let mut be = KeyedStateBackend::new(16, KeyGroupRange::all(16));
+        let v = be.get_state(&ValueStateDescriptor::<i32>::new("v")).unwrap();
+        for k in 0..100i32 {
+            be.set_current_key(&k);
+            v.update(&mut be, -k);
+            be.register_processing_time_timer(k as u64);
+        }
+        let blobs = all_blobs(&be.snapshot(CheckpointId(1)));
+        let range = KeyGroupRange::for_operator_index(16, 3, SubtaskIndex(1));
+        let mut half = KeyedStateBackend::new(16, range);
+        let stats = half.restore(blobs.iter().map(Vec::as_slice)).unwrap();
+        assert_eq!(stats.key_groups_restored, range.len());
+        assert_eq!(stats.key_groups_skipped, 16 - range.len());
+        let mine: Vec<i32> = (0..100).filter(|k| range.contains(key_group_for_key(k, 16))).collect();
+        assert_eq!(stats.entries_restored, mine.len() as u64);
+        assert_eq!(stats.timers_restored, mine.len() as u64);
+        let v = half.get_state(&ValueStateDescriptor::<i32>::new("v")).unwrap();
+        assert_eq!(half.keys::<i32>("v"), mine);
+        for k in &mine {
+            half.set_current_key(k);
+            assert_eq!(v.value(&half), Some(-k));
+        }
+        assert_eq!(half.processing_time_timer_count(), mine.len());
+    }
+
+    #[test]
     fn restored_timers_fire() {
         let mut be = KeyedStateBackend::new(16, KeyGroupRange::all(16));
         for k in 0..10i32 {
