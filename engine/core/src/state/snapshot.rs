@@ -791,6 +791,7 @@ mod tests {
             q_seed in 1u32..=48,
             ops in proptest::collection::vec((0i32..120, 0u8..2, op()), 0..300),
             use_single_blob in any::<bool>(),
+            register_before_restore in any::<bool>(),
         ) {
             let p = 1 + (p_seed - 1) % max_p;
             let q = 1 + (q_seed - 1) % max_p;
@@ -821,6 +822,10 @@ mod tests {
             }
             let mut new = backends(max_p, q);
             for be in &mut new {
+                if register_before_restore {
+                    // Restored values are then decoded at restore time, not at registration.
+                    register(be);
+                }
                 let range = be.key_group_range();
                 let stats = be.restore(range.iter().filter_map(|kg| by_key_group.get(&kg)).map(Vec::as_slice)).unwrap();
                 prop_assert_eq!(stats.key_groups_skipped, 0);
