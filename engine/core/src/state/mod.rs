@@ -3,7 +3,7 @@
 //!
 //! # Keyed state ([`KeyedStateBackend`])
 //!
-//! One backend serves one subtask and owns a contiguous [`KeyGroupRange`](crate::key_groups::KeyGroupRange).
+//! One backend serves one subtask and owns a contiguous [`KeyGroupRange`].
 //! Every entry lives in the table of its **key group** (Flink's `StateTable` split into
 //! per-key-group `StateMap`s), so a snapshot can be written per key group and a restore can take
 //! any set of key groups: that is what makes rescaling lose and duplicate nothing.
