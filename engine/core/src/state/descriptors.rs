@@ -79,6 +79,12 @@ impl<V: StateData> ValueState<V> {
         backend.get_or_insert_with(self.id, init)
     }
 
+    /// Applies `f` to the current value, set to `init()` first if absent, and returns what `f`
+    /// returns: the fastest read-modify-write (one lookup on a hit).
+    pub fn update_with<R>(&self, backend: &mut KeyedStateBackend, init: impl FnOnce() -> V, f: impl FnOnce(&mut V) -> R) -> R {
+        backend.update_with(self.id, init, f)
+    }
+
     /// Removes the current value.
     pub fn clear(&self, backend: &mut KeyedStateBackend) {
         backend.remove(self.id);
@@ -126,14 +132,14 @@ impl<V: StateData> ListState<V> {
 
     /// Appends one value.
     pub fn add(&self, backend: &mut KeyedStateBackend, value: V) {
-        backend.get_or_insert_with(self.id, Vec::new).push(value);
+        backend.update_with(self.id, Vec::new, |list| list.push(value));
     }
 
     /// Appends every value (nothing changes for an empty iterator).
     pub fn add_all(&self, backend: &mut KeyedStateBackend, values: impl IntoIterator<Item = V>) {
         let mut values = values.into_iter().peekable();
         if values.peek().is_some() {
-            backend.get_or_insert_with(self.id, Vec::new).extend(values);
+            backend.update_with(self.id, Vec::new, |list| list.extend(values));
         }
     }
 
@@ -192,7 +198,7 @@ impl<UK: Ord + StateData, UV: StateData> MapState<UK, UV> {
 
     /// Sets the value under `user_key`.
     pub fn put(&self, backend: &mut KeyedStateBackend, user_key: UK, value: UV) {
-        backend.get_or_insert_with(self.id, BTreeMap::new).insert(user_key, value);
+        backend.update_with(self.id, BTreeMap::new, |map| map.insert(user_key, value));
     }
 
     /// Removes `user_key`, returning its value; the map is removed when it becomes empty.
@@ -286,11 +292,17 @@ impl<V: StateData> ReducingState<V> {
 
     /// Folds `value` in.
     pub fn add(&self, backend: &mut KeyedStateBackend, value: V) {
-        let mut value = Some(value);
-        let current = backend.get_or_insert_with(self.id, || value.take().expect("taken once"));
-        if let Some(value) = value {
-            *current = (self.reduce)(current, &value);
-        }
+        // The first value is the initial state; later ones are folded in.
+        let value = std::cell::Cell::new(Some(value));
+        backend.update_with(
+            self.id,
+            || value.take().expect("taken once"),
+            |current| {
+                if let Some(value) = value.take() {
+                    *current = (self.reduce)(current, &value);
+                }
+            },
+        );
     }
 
     /// Removes the value.
@@ -363,8 +375,7 @@ impl<IN: 'static, ACC: StateData, OUT: 'static> AggregatingState<IN, ACC, OUT> {
     /// Folds one input in (creating the accumulator first if needed).
     pub fn add(&self, backend: &mut KeyedStateBackend, value: IN) {
         let function = &*self.function;
-        let acc = backend.get_or_insert_with(self.id, || function.create_accumulator());
-        function.add(value, acc);
+        backend.update_with(self.id, || function.create_accumulator(), |acc| function.add(value, acc));
     }
 
     /// Removes the accumulator.

@@ -3,7 +3,7 @@
 //!
 //! # Keyed state ([`KeyedStateBackend`])
 //!
-//! One backend serves one subtask and owns a contiguous [`KeyGroupRange`](crate::key_groups::KeyGroupRange).
+//! One backend serves one subtask and owns a contiguous [`KeyGroupRange`].
 //! Every entry lives in the table of its **key group** (Flink's `StateTable` split into
 //! per-key-group `StateMap`s), so a snapshot can be written per key group and a restore can take
 //! any set of key groups: that is what makes rescaling lose and duplicate nothing.
@@ -31,10 +31,17 @@
 //! ## In memory
 //!
 //! Keys (and namespaces) are serialized once, when they are set, into one reused buffer
-//! (`key bytes ++ namespace bytes`, bincode via [`crate::codec::config`]); each key group's state
-//! table is an `FxHashMap` from those bytes to the **typed** value (`Box<dyn Any>`). Values are
-//! never serialized on the access path: only at snapshot time, through an encoder function
-//! captured when the state was registered. A hit allocates nothing.
+//! (`key bytes ++ namespace bytes`, bincode via [`crate::codec::config`]). Each key group holds,
+//! per registered state, one **typed** table (Flink's `StateMap`): an `FxHashMap` from those bytes
+//! to the value, stored inline, behind one `Box<dyn Any>`-like trait object that is downcast once
+//! per access. Values are never serialized on the access path: only when a snapshot is written
+//! (the table serializes itself) or restored (through a decoder captured at registration). A hit
+//! allocates nothing; a write is one hash lookup (`update_with`, `update`, `add`, `put`).
+//!
+//! Measured (release, 2 shared cores, `backend::tests::word_count_rate`, 4 M words over 10 k
+//! distinct `String` keys): a plain `HashMap<String, u64>` loop 13–19 M words/s; through
+//! `ValueState<u64>` with `value()` + `update()` 5.6–6.6 M/s (0.42–0.50×), with `update_with`
+//! 7–9 M/s (0.55–0.66×).
 //!
 //! ## Snapshots: copy-on-write per key group
 //!

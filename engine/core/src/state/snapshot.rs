@@ -23,7 +23,7 @@
 //! The single-blob form ([`KeyedSnapshot::to_blob`]) concatenates the sealed key-group blobs and
 //! returns a [`KeyGroupOffset`] index, so any key group can be sliced out of one subtask blob.
 
-use super::backend::{Entry, KeyGroupState, KeyedStateBackend, PendingState, StateMeta, StateTable, TimerKey};
+use super::backend::{KeyGroupState, KeyedStateBackend, PendingState, RawEntry, StateMeta, TimerKey};
 use super::StateKind;
 use crate::codec::{self, CodecError};
 use crate::ids::{CheckpointId, KeyGroup};
@@ -236,14 +236,15 @@ impl KeyedSnapshot {
     fn key_group_body(&self, key_group: KeyGroup, state: &KeyGroupState) -> Result<KeyGroupBody, SnapshotError> {
         let mut states = Vec::new();
         for (id, meta) in self.metas.iter().enumerate() {
-            let Some(table) = state.tables.get(id).filter(|t| !t.is_empty()) else { continue };
-            let mut entries = Vec::with_capacity(table.len());
-            for (composite, entry) in table {
-                let (key, namespace) = composite.split_at(entry.key_len as usize);
-                let value = (meta.encode)(&*entry.value)
-                    .map_err(|source| SnapshotError::Encode { name: meta.name.clone(), source })?;
-                entries.push(EntryBody { key: key.to_vec(), namespace: namespace.to_vec(), value });
-            }
+            let Some(table) = state.tables.get(id).and_then(Option::as_deref).filter(|t| t.len() > 0) else { continue };
+            let raw = table.encode().map_err(|source| SnapshotError::Encode { name: meta.name.clone(), source })?;
+            let mut entries: Vec<EntryBody> = raw
+                .into_iter()
+                .map(|(composite, key_len, value)| {
+                    let (key, namespace) = composite.split_at(key_len as usize);
+                    EntryBody { key: key.to_vec(), namespace: namespace.to_vec(), value }
+                })
+                .collect();
             entries.sort_unstable();
             states.push(StateBody { name: meta.name.clone(), kind: meta.kind, entries });
         }
@@ -353,21 +354,17 @@ impl KeyedStateBackend {
                     if meta.kind != s.kind {
                         return Err(SnapshotError::KindMismatch { name: s.name, snapshot: s.kind, registered: meta.kind });
                     }
-                    let mut table = StateTable::default();
-                    table.reserve(composites.len());
-                    for (composite, (key_len, bytes)) in composites {
-                        let value = (meta.decode)(&bytes).map_err(|source| SnapshotError::ValueDecode {
-                            name: meta.name.clone(),
-                            key_group,
-                            type_name: meta.type_name,
-                            source,
-                        })?;
-                        table.insert(composite, Entry { key_len, value });
-                    }
+                    let raw: Vec<RawEntry> = composites.into_iter().map(|(c, (len, v))| (c, len, v)).collect();
+                    let table = (meta.decode_table)(&raw).map_err(|source| SnapshotError::ValueDecode {
+                        name: meta.name.clone(),
+                        key_group,
+                        type_name: meta.type_name,
+                        source,
+                    })?;
                     if state.tables.len() <= id {
-                        state.tables.resize_with(id + 1, StateTable::default);
+                        state.tables.resize_with(id + 1, || None);
                     }
-                    state.tables[id] = table;
+                    state.tables[id] = Some(table);
                 }
                 None => {
                     let entries = composites.into_iter().map(|(c, (len, v))| (c, len, v)).collect();
@@ -602,6 +599,43 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_can_be_written_on_another_thread() {
+        fn assert_send<T: Send + 'static>(_: &T) {}
+        let be = KeyedStateBackend::new(8, KeyGroupRange::all(8));
+        let snapshot = be.snapshot(CheckpointId(1));
+        assert_send(&snapshot);
+        assert_eq!(snapshot.checkpoint_id(), CheckpointId(1));
+        assert_eq!(snapshot.key_group_range(), KeyGroupRange::all(8));
+    }
+
+    #[test]
+    fn restore_skips_and_counts_key_groups_of_other_subtasks() {
+        let mut be = KeyedStateBackend::new(16, KeyGroupRange::all(16));
+        let v = be.get_state(&ValueStateDescriptor::<i32>::new("v")).unwrap();
+        for k in 0..100i32 {
+            be.set_current_key(&k);
+            v.update(&mut be, -k);
+            be.register_processing_time_timer(k as u64);
+        }
+        let blobs = all_blobs(&be.snapshot(CheckpointId(1)));
+        let range = KeyGroupRange::for_operator_index(16, 3, SubtaskIndex(1));
+        let mut half = KeyedStateBackend::new(16, range);
+        let stats = half.restore(blobs.iter().map(Vec::as_slice)).unwrap();
+        assert_eq!(stats.key_groups_restored, range.len());
+        assert_eq!(stats.key_groups_skipped, 16 - range.len());
+        let mine: Vec<i32> = (0..100).filter(|k| range.contains(key_group_for_key(k, 16))).collect();
+        assert_eq!(stats.entries_restored, mine.len() as u64);
+        assert_eq!(stats.timers_restored, mine.len() as u64);
+        let v = half.get_state(&ValueStateDescriptor::<i32>::new("v")).unwrap();
+        assert_eq!(half.keys::<i32>("v"), mine);
+        for k in &mine {
+            half.set_current_key(k);
+            assert_eq!(v.value(&half), Some(-k));
+        }
+        assert_eq!(half.processing_time_timer_count(), mine.len());
+    }
+
+    #[test]
     fn restored_timers_fire() {
         let mut be = KeyedStateBackend::new(16, KeyGroupRange::all(16));
         for k in 0..10i32 {
@@ -757,6 +791,7 @@ mod tests {
             q_seed in 1u32..=48,
             ops in proptest::collection::vec((0i32..120, 0u8..2, op()), 0..300),
             use_single_blob in any::<bool>(),
+            register_before_restore in any::<bool>(),
         ) {
             let p = 1 + (p_seed - 1) % max_p;
             let q = 1 + (q_seed - 1) % max_p;
@@ -787,6 +822,10 @@ mod tests {
             }
             let mut new = backends(max_p, q);
             for be in &mut new {
+                if register_before_restore {
+                    // Restored values are then decoded at restore time, not at registration.
+                    register(be);
+                }
                 let range = be.key_group_range();
                 let stats = be.restore(range.iter().filter_map(|kg| by_key_group.get(&kg)).map(Vec::as_slice)).unwrap();
                 prop_assert_eq!(stats.key_groups_skipped, 0);
