@@ -3,6 +3,7 @@
 //! to nothing. This test is deliberately *not* gated, so such a build fails loudly.
 
 #[test]
+#[allow(clippy::assertions_on_constants, reason = "the constant is the build's cfg: that is what is checked")]
 fn the_test_build_is_a_simulation_build() {
     assert!(
         cfg!(madsim),

@@ -7,6 +7,8 @@
 //! `cargo bench -p floe-core --bench keyed_count` prints both rates and their ratio.
 //! The target: the engine path reaches at least a quarter of the plain loop.
 
+#![allow(clippy::disallowed_methods)] // a benchmark measures wall-clock time: Instant::now is its point
+
 use floe_core::aligner::{AlignerConfig, AlignerOutput, BarrierAligner};
 use floe_core::element::{Barrier, StreamElement};
 use floe_core::ids::{AttemptId, ChannelIndex, CheckpointId, SubtaskIndex};

@@ -64,16 +64,6 @@ impl<O: Operator> Harness<O> {
         self.with_ctx(|op, ctx| op.process_watermark(ctx, Watermark(ts), &mut out)).expect("process_watermark");
         out
     }
-
-    /// `snapshot_state`.
-    pub fn snapshot(&mut self, id: CheckpointId) {
-        self.with_ctx(|op, ctx| op.snapshot_state(ctx, id)).expect("snapshot_state");
-    }
-
-    /// `notify_checkpoint_complete`.
-    pub fn complete(&mut self, id: CheckpointId) {
-        self.with_ctx(|op, ctx| op.notify_checkpoint_complete(ctx, id)).expect("notify_checkpoint_complete");
-    }
 }
 
 /// Runs an unkeyed operator over batches and returns everything it emitted.

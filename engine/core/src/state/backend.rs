@@ -548,62 +548,6 @@ mod tests {
     use crate::ids::SubtaskIndex;
     use crate::state::ValueStateDescriptor;
 
-    /// Word count through a `ValueState<u64>` keyed by `String` against a plain
-    /// `HashMap<String, u64>` loop. Run with
-    /// `cargo test --release -p floe-core word_count_rate -- --ignored --nocapture`.
-    /// The target is at least 1/4 of the plain rate; measured rates are in the module docs.
-    #[test]
-    #[ignore = "a measurement, not a check; run in release"]
-    #[allow(clippy::disallowed_methods, reason = "a wall-clock measurement in a test, not engine logic")]
-    fn word_count_rate() {
-        use std::time::Instant;
-        let vocabulary: Vec<String> = (0..10_000u32).map(|i| format!("word{}", i.wrapping_mul(2_654_435_761) % 100_000)).collect();
-        let words: Vec<&String> = (0..4_000_000usize).map(|i| &vocabulary[(i * 7919 + i / 3) % vocabulary.len()]).collect();
-        let rate = |elapsed: std::time::Duration| words.len() as f64 / elapsed.as_secs_f64() / 1e6;
-
-        let start = Instant::now();
-        let mut plain: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
-        for w in &words {
-            match plain.get_mut(*w) {
-                Some(c) => *c += 1,
-                None => {
-                    plain.insert((*w).clone(), 1);
-                }
-            }
-        }
-        let plain_rate = rate(start.elapsed());
-
-        let mut be = KeyedStateBackend::new(128, KeyGroupRange::all(128));
-        let count = be.get_state(&ValueStateDescriptor::<u64>::new("count")).unwrap();
-        let start = Instant::now();
-        for w in &words {
-            be.set_current_key(*w);
-            let c = count.value(&be).unwrap_or(0);
-            count.update(&mut be, c + 1);
-        }
-        let value_update_rate = rate(start.elapsed());
-
-        let mut be2 = KeyedStateBackend::new(128, KeyGroupRange::all(128));
-        let count2 = be2.get_state(&ValueStateDescriptor::<u64>::new("count")).unwrap();
-        let start = Instant::now();
-        for w in &words {
-            be2.set_current_key(*w);
-            count2.update_with(&mut be2, || 0, |c| *c += 1);
-        }
-        let in_place_rate = rate(start.elapsed());
-
-        be.set_current_key(&vocabulary[0]);
-        be2.set_current_key(&vocabulary[0]);
-        assert_eq!(count.value(&be), Some(plain[&vocabulary[0]]));
-        assert_eq!(count2.value(&be2), Some(plain[&vocabulary[0]]));
-        println!(
-            "plain HashMap: {plain_rate:.1} M words/s; value()+update(): {value_update_rate:.1} M/s ({:.2}x); \
-             update_with: {in_place_rate:.1} M/s ({:.2}x)",
-            value_update_rate / plain_rate,
-            in_place_rate / plain_rate
-        );
-    }
-
     #[test]
     fn the_current_key_is_serialized_like_codec_to_bytes() {
         let mut backend = KeyedStateBackend::new(128, KeyGroupRange::all(128));
