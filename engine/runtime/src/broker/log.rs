@@ -41,8 +41,9 @@ pub enum PartitionEntry {
         base_offset: Offset,
         /// The producer that wrote it (idempotent or transactional), if any.
         producer: Option<ProducerStamp>,
-        /// True when the batch belongs to a transaction of `producer`.
-        transactional: bool,
+        /// Set when the batch belongs to a transaction of `producer`: that transaction's number
+        /// (per transactional id, counting every transaction it ever opened).
+        transaction: Option<u64>,
         /// The records.
         records: Vec<Record>,
     },
@@ -55,6 +56,8 @@ pub enum PartitionEntry {
         producer_id: ProducerId,
         /// Its epoch.
         epoch: ProducerEpoch,
+        /// The number of the transaction that ends.
+        transaction: u64,
         /// Commit or abort.
         outcome: TxnOutcome,
     },
@@ -210,7 +213,7 @@ mod tests {
         PartitionEntry::Batch {
             base_offset: Offset(base),
             producer: None,
-            transactional: false,
+            transaction: None,
             records: (0..n).map(|i| Record::value(vec![i as u8; 3])).collect(),
         }
     }

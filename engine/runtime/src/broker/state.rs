@@ -174,6 +174,7 @@ struct ProducerSeq {
 /// An open transaction's footprint in one partition.
 #[derive(Clone, Debug)]
 struct OpenInPartition {
+    transaction: u64,
     first_offset: Offset,
     batch_indexes: Vec<usize>,
 }
@@ -198,6 +199,8 @@ struct TxnMeta {
     epoch: ProducerEpoch,
     timeout_ms: u64,
     state: TxnState,
+    /// The number of the open (or last) transaction: +1 each time one opens.
+    transaction: u64,
     /// The partitions of the open (or last) transaction.
     partitions: BTreeSet<(String, PartitionId)>,
     started_ms: u64,
@@ -217,18 +220,10 @@ pub struct BrokerState {
     txns: BTreeMap<String, TxnMeta>,
     owners: BTreeMap<ProducerId, Owner>,
     next_producer_id: ProducerId,
-    /// Decided transactions whose markers are not written yet (only between replay and
-    /// `finish_recovery`; live decisions write their markers at once).
-    undelivered: Vec<Decision>,
-}
-
-/// A transaction's decision, waiting for its markers.
-#[derive(Clone, Debug)]
-struct Decision {
-    producer_id: ProducerId,
-    epoch: ProducerEpoch,
-    outcome: TxnOutcome,
-    partitions: Vec<(String, PartitionId)>,
+    /// Every decision, by (producer id, transaction number): recovery uses it to finish
+    /// transactions whose markers a crash lost. Only filled between replay and
+    /// `finish_recovery` (live decisions write their markers at once).
+    decided: BTreeMap<(ProducerId, u64), (ProducerEpoch, TxnOutcome)>,
 }
 
 fn limit(limit: &str, detail: String) -> BrokerError {
@@ -246,7 +241,7 @@ fn valid_topic_name(name: &str) -> bool {
 impl BrokerState {
     /// An empty broker.
     pub fn new(config: BrokerConfig) -> Self {
-        BrokerState { config, topics: BTreeMap::new(), txns: BTreeMap::new(), owners: BTreeMap::new(), next_producer_id: 0, undelivered: Vec::new() }
+        BrokerState { config, topics: BTreeMap::new(), txns: BTreeMap::new(), owners: BTreeMap::new(), next_producer_id: 0, decided: BTreeMap::new() }
     }
 
     /// The configuration.
@@ -292,6 +287,7 @@ impl BrokerState {
                     epoch: *epoch,
                     timeout_ms: *transaction_timeout_ms,
                     state: TxnState::Empty,
+                    transaction: 0,
                     partitions: BTreeSet::new(),
                     started_ms: now_ms,
                 });
@@ -305,6 +301,7 @@ impl BrokerState {
                 if let Some(meta) = self.txns.get_mut(transactional_id) {
                     if !meta.state.is_open() {
                         meta.state = TxnState::Ongoing;
+                        meta.transaction += 1;
                         meta.partitions.clear();
                         meta.started_ms = now_ms;
                     }
@@ -314,6 +311,7 @@ impl BrokerState {
             MetaEntry::Prepare { transactional_id } => {
                 if let Some(meta) = self.txns.get_mut(transactional_id) {
                     if !meta.state.is_open() {
+                        meta.transaction += 1;
                         meta.partitions.clear();
                         meta.started_ms = now_ms;
                     }
@@ -322,12 +320,7 @@ impl BrokerState {
             }
             MetaEntry::Decide { transactional_id, outcome, reason } => {
                 if let Some(meta) = self.txns.get_mut(transactional_id) {
-                    self.undelivered.push(Decision {
-                        producer_id: meta.producer_id,
-                        epoch: meta.epoch,
-                        outcome: *outcome,
-                        partitions: meta.partitions.iter().cloned().collect(),
-                    });
+                    self.decided.insert((meta.producer_id, meta.transaction), (meta.epoch, *outcome));
                     meta.state = match outcome {
                         TxnOutcome::Commit => TxnState::CompleteCommit,
                         TxnOutcome::Abort => TxnState::CompleteAbort(*reason),
@@ -348,10 +341,10 @@ impl BrokerState {
             return Err(ReplayGap { log_end: p.log_end, found: entry.base_offset() });
         }
         match entry {
-            PartitionEntry::Batch { base_offset, producer, transactional, records } => {
+            PartitionEntry::Batch { base_offset, producer, transaction, records } => {
                 debug_assert!(!records.is_empty());
                 let index = p.entries.len();
-                let fate = if *transactional { Fate::Open } else { Fate::Plain };
+                let fate = if transaction.is_some() { Fate::Open } else { Fate::Plain };
                 if let Some(stamp) = producer {
                     let count = records.len() as u32;
                     let last = stamp.base_sequence.saturating_add(count - 1);
@@ -369,18 +362,21 @@ impl BrokerState {
                     while seq.recent.len() > cache_max {
                         seq.recent.pop_front();
                     }
-                    if *transactional {
-                        p.open
-                            .entry(stamp.producer_id)
-                            .or_insert_with(|| OpenInPartition { first_offset: *base_offset, batch_indexes: Vec::new() })
-                            .batch_indexes
-                            .push(index);
+                    if let Some(transaction) = *transaction {
+                        let open = p.open.entry(stamp.producer_id).or_insert_with(|| OpenInPartition {
+                            transaction,
+                            first_offset: *base_offset,
+                            batch_indexes: Vec::new(),
+                        });
+                        debug_assert_eq!(open.transaction, transaction, "one open transaction per producer");
+                        open.batch_indexes.push(index);
                     }
                 }
                 p.entries.push(Stored::Batch { base_offset: *base_offset, fate, records: records.clone() });
             }
-            PartitionEntry::Marker { offset, producer_id, outcome, .. } => {
+            PartitionEntry::Marker { offset, producer_id, outcome, transaction, .. } => {
                 if let Some(open) = p.open.remove(producer_id) {
+                    debug_assert_eq!(open.transaction, *transaction, "a marker ends its own transaction");
                     for i in open.batch_indexes {
                         if let Some(Stored::Batch { fate, .. }) = p.entries.get_mut(i) {
                             debug_assert_eq!(*fate, Fate::Open);
@@ -411,33 +407,38 @@ impl BrokerState {
     /// aborts open records no open transaction owns, and returns the entries to persist.
     pub fn finish_recovery(&mut self, now_ms: u64) -> Staged {
         let mut staged = Staged::default();
-        // Decisions in metadata-log order. A partition's open records of a producer belong to
-        // its earliest undelivered decision: a later transaction's records follow that marker
-        // in the same file, so they cannot have survived when the marker did not.
-        for decision in std::mem::take(&mut self.undelivered) {
-            self.write_markers(&mut staged, &decision);
-        }
-        // Open records whose producer has no open transaction covering that partition: abort.
-        let mut orphans = Vec::new();
+        let decided = std::mem::take(&mut self.decided);
+        let mut markers = Vec::new();
         for (topic, parts) in &self.topics {
             for (i, p) in parts.iter().enumerate() {
-                for pid in p.open.keys() {
-                    let covered = match self.owners.get(pid) {
-                        Some(Owner::Transactional(tid)) => self.txns.get(tid).is_some_and(|m| {
-                            m.producer_id == *pid && m.state.is_open() && m.partitions.contains(&(topic.clone(), PartitionId(i as u32)))
-                        }),
-                        _ => false,
+                let partition = PartitionId(i as u32);
+                for (pid, open) in &p.open {
+                    let (epoch, outcome) = match decided.get(&(*pid, open.transaction)) {
+                        Some(decision) => *decision,
+                        None => {
+                            let still_open = match self.owners.get(pid) {
+                                Some(Owner::Transactional(tid)) => self.txns.get(tid).is_some_and(|m| {
+                                    m.producer_id == *pid
+                                        && m.transaction == open.transaction
+                                        && m.state.is_open()
+                                        && m.partitions.contains(&(topic.clone(), partition))
+                                }),
+                                _ => false,
+                            };
+                            if still_open {
+                                continue;
+                            }
+                            tracing::warn!(%topic, %partition, producer_id = pid, "aborting orphaned open records on recovery");
+                            (0, TxnOutcome::Abort)
+                        }
                     };
-                    if !covered {
-                        orphans.push((topic.clone(), PartitionId(i as u32), *pid));
-                    }
+                    markers.push((topic.clone(), partition, *pid, epoch, open.transaction, outcome));
                 }
             }
         }
-        for (topic, partition, pid) in orphans {
-            tracing::warn!(%topic, %partition, producer_id = pid, "aborting orphaned open records on recovery");
+        for (topic, partition, producer_id, epoch, transaction, outcome) in markers {
             let offset = self.log_end(&topic, partition).expect("the partition exists");
-            let entry = PartitionEntry::Marker { offset, producer_id: pid, epoch: 0, outcome: TxnOutcome::Abort };
+            let entry = PartitionEntry::Marker { offset, producer_id, epoch, transaction, outcome };
             self.emit_partition(&mut staged, &topic, partition, entry);
         }
         for meta in self.txns.values_mut() {
@@ -445,34 +446,27 @@ impl BrokerState {
                 meta.started_ms = now_ms;
             }
         }
-        debug_assert!(self.undelivered.is_empty());
+        debug_assert!(self.decided.is_empty());
         staged
-    }
-
-    /// Writes a decision's marker into every partition still holding its producer's open records.
-    fn write_markers(&mut self, staged: &mut Staged, decision: &Decision) {
-        for (topic, partition) in &decision.partitions {
-            let Some(p) = self.topics.get(topic).and_then(|ps| ps.get(partition.get() as usize)) else { continue };
-            if !p.open.contains_key(&decision.producer_id) {
-                continue;
-            }
-            let entry = PartitionEntry::Marker {
-                offset: p.log_end,
-                producer_id: decision.producer_id,
-                epoch: decision.epoch,
-                outcome: decision.outcome,
-            };
-            self.emit_partition(staged, topic, *partition, entry);
-        }
     }
 
     /// Decides `tid`'s open transaction and writes its markers.
     fn end_open_transaction(&mut self, staged: &mut Staged, tid: &str, outcome: TxnOutcome, reason: TxnEndReason, now_ms: u64) {
         debug_assert!(self.txns.get(tid).is_some_and(|m| m.state.is_open()));
         self.emit_meta(staged, MetaEntry::Decide { transactional_id: tid.to_string(), outcome, reason }, now_ms);
-        let decision = self.undelivered.pop().expect("a decision was just applied");
-        debug_assert!(self.undelivered.is_empty(), "live decisions are delivered at once");
-        self.write_markers(staged, &decision);
+        let meta = &self.txns[tid];
+        let (pid, epoch, transaction) = (meta.producer_id, meta.epoch, meta.transaction);
+        let decision = self.decided.remove(&(pid, transaction));
+        debug_assert_eq!(decision, Some((epoch, outcome)));
+        debug_assert!(self.decided.is_empty(), "live decisions are delivered at once");
+        let parts: Vec<(String, PartitionId)> = meta.partitions.iter().cloned().collect();
+        for (topic, partition) in parts {
+            let Some(p) = self.topics.get(&topic).and_then(|ps| ps.get(partition.get() as usize)) else { continue };
+            let Some(open) = p.open.get(&pid) else { continue };
+            assert_eq!(open.transaction, transaction, "a partition holds only the open transaction's records");
+            let entry = PartitionEntry::Marker { offset: p.log_end, producer_id: pid, epoch, transaction, outcome };
+            self.emit_partition(staged, &topic, partition, entry);
+        }
         debug_assert!(self.txns.get(tid).is_some_and(|m| !m.state.is_open()));
     }
 
@@ -651,7 +645,8 @@ impl BrokerState {
             }
         }
         let base_offset = self.partition(topic, partition)?.log_end;
-        let entry = PartitionEntry::Batch { base_offset, producer, transactional: transactional_id.is_some(), records };
+        let transaction = transactional_id.as_ref().map(|tid| self.txns[tid].transaction);
+        let entry = PartitionEntry::Batch { base_offset, producer, transaction, records };
         self.emit_partition(staged, topic, partition, entry);
         Ok(BrokerResponse::Produced { base_offset, duplicate: false })
     }
