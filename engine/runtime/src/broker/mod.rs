@@ -16,11 +16,18 @@
 //! | [`log`] | on-disk entries, framing (sealed envelopes) and torn-tail scanning |
 //! | [`state`] | the pure state machine: logs in memory, producer state, transaction coordinator |
 //! | [`store`] | the durable broker: recovery and group commit over a `Disk` |
+//! | [`server`] | [`run_broker_server`]: the broker as an RPC service, one task owning the state |
+//! | [`client`] | [`BrokerClient`] (typed requests) and [`Producer`] (idempotent/transactional, retrying) |
 
+pub mod client;
 pub mod log;
 pub mod protocol;
+pub mod server;
 pub mod state;
 pub mod store;
+
+pub use client::{BrokerClient, Producer, RetryPolicy};
+pub use server::{run_broker_server, serve_on};
 
 pub use protocol::{
     BrokerError, BrokerRequest, BrokerResponse, FetchResult, IsolationLevel, ProducerEpoch, ProducerId, ProducerStamp,

@@ -365,6 +365,9 @@ pub enum BrokerError {
     /// The broker cannot serve now (recovering after an I/O error, overloaded, shutting down).
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The peer answered something that does not fit the request (raised by the client).
+    #[error("protocol error: {0}")]
+    Protocol(String),
     /// No answer in time (raised by the client).
     #[error("request timed out")]
     Timeout,

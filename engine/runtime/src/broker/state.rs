@@ -56,6 +56,8 @@ pub struct BrokerConfig {
     pub transaction_timeout_ms_max: u64,
     /// Most records one fetch returns.
     pub fetch_records_max: u32,
+    /// Most record bytes one fetch returns (beyond its first record), so an answer fits a frame.
+    pub fetch_bytes_max: u32,
     /// Most records in one produce request.
     pub produce_records_max: usize,
     /// Most bytes of one record (key + value).
@@ -86,6 +88,7 @@ impl Default for BrokerConfig {
             transaction_timeout_ms: 60_000,
             transaction_timeout_ms_max: 900_000,
             fetch_records_max: 10_000,
+            fetch_bytes_max: 8 << 20,
             produce_records_max: 10_000,
             record_bytes_max: 1 << 20,
             topics_max: 1_000,
@@ -792,6 +795,7 @@ impl BrokerState {
             IsolationLevel::ReadCommitted => lso,
         };
         let records_max = records_max.min(self.config.fetch_records_max) as usize;
+        let bytes_max = bytes_max.min(self.config.fetch_bytes_max);
         let mut records = Vec::new();
         let mut bytes = 0usize;
         let mut next = from_offset.max(Offset(0));
@@ -1005,7 +1009,8 @@ mod tests {
         let f = fetch(&b, 1, IsolationLevel::ReadCommitted);
         assert_eq!((f.records.len(), f.next_offset, f.last_stable_offset), (0, Offset(3), Offset(3)), "aborted a0, a1 skipped; c is open");
         ok(&mut b, end("c", c, TxnOutcome::Commit)); // marker @6
-        let cases: Vec<(u64, IsolationLevel, Vec<(u64, &str)>, u64)> = vec![
+        type Case = (u64, IsolationLevel, Vec<(u64, &'static str)>, u64);
+        let cases: Vec<Case> = vec![
             (0, IsolationLevel::ReadCommitted, vec![(0, "p0"), (3, "c0"), (4, "p1")], 7),
             (2, IsolationLevel::ReadCommitted, vec![(3, "c0"), (4, "p1")], 7),
             (5, IsolationLevel::ReadCommitted, vec![], 7),

@@ -11,7 +11,8 @@
 //! before the decision (or the partition registration) it depends on. If any disk operation
 //! fails, no answer of the batch is released (all become `Io`) and the broker rebuilds its state
 //! from disk before the next request, so the state never runs ahead of what the disk holds.
-//! Like Kafka's high watermark, a fetch answered in a batch is released only after that batch's
+//! Recovery also fsyncs every log it reads before serving it: after a failed fsync a file can
+//! hold complete entries that are not durable, and a reader must never see those. Like Kafka's high watermark, a fetch answered in a batch is released only after that batch's
 //! writes are durable, so no reader ever sees a record that a crash could take back.
 
 use super::log::{self, MetaEntry, PartitionEntry, TornReason, META_LOG_PATH, META_MAGIC, PARTITION_MAGIC};
@@ -89,6 +90,10 @@ impl<D: Disk> Broker<D> {
             tracing::warn!(path = META_LOG_PATH, ?reason, kept = meta.valid_bytes, found = meta_bytes.len(), "truncating torn tail");
             truncate(disk, META_LOG_PATH, &meta_bytes, meta.valid_bytes).await?;
             report.truncated.push((META_LOG_PATH.to_string(), meta_bytes.len() as u64, meta.valid_bytes as u64));
+        } else if !meta_bytes.is_empty() {
+            // What recovery reads is served, so it must be durable first (after a failed
+            // fsync, the file can hold complete entries that a crash would still take back).
+            disk.fsync(META_LOG_PATH).await?;
         }
         for entry in &meta.entries {
             state.apply_meta(entry, now_ms);
@@ -114,6 +119,8 @@ impl<D: Disk> Broker<D> {
                     tracing::warn!(%path, ?reason, kept = keep, found = bytes.len(), "truncating torn tail");
                     truncate(disk, &path, &bytes, keep).await?;
                     report.truncated.push((path, bytes.len() as u64, keep as u64));
+                } else if !bytes.is_empty() {
+                    disk.fsync(&path).await?;
                 }
             }
         }
@@ -384,10 +391,13 @@ mod tests {
         txn_no: usize,
     }
 
+    /// A transaction in the model: (transactional id index, transaction number).
+    type ModelTxnKey = (usize, usize);
+
     #[derive(Default)]
     struct Model {
         /// Per partition, every record in offset order: its value and its transaction (if any).
-        log: BTreeMap<u32, Vec<(String, Option<(usize, usize)>)>>,
+        log: BTreeMap<u32, Vec<(String, Option<ModelTxnKey>)>>,
         fates: BTreeMap<(usize, usize), Fate>,
         txns: [ModelTxn; 3],
         idem_seq: BTreeMap<u32, (u32, String, u64)>,
