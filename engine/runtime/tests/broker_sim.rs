@@ -158,8 +158,20 @@ fn acknowledged_writes_survive_kill_restart_and_unacknowledged_ones_are_absent_o
                 }));
             }
             let crashes = 4;
+            let normal = DiskFaults { latency_ms: 1, ..DiskFaults::default() };
             for _ in 0..crashes {
                 tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(100..600))).await;
+                // A spell of failing writes or fsyncs first: answers become Io errors, the
+                // broker rebuilds from disk, the producers retry.
+                let failing = if thread_rng().gen_bool(0.5) {
+                    DiskFaults { fail_fsyncs: true, ..normal }
+                } else {
+                    DiskFaults { fail_writes: true, ..normal }
+                };
+                disk.set_faults(failing);
+                tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(10..100))).await;
+                disk.set_faults(normal);
+                tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(0..100))).await;
                 crash_and_restart(&broker, &disk);
             }
             for w in writers {
