@@ -187,7 +187,8 @@ mod tests {
     #[test]
     fn a_torn_tail_keeps_only_a_prefix_of_the_unsynced_bytes() {
         // (synced, unsynced, torn, expected after crash)
-        let cases: Vec<(&[u8], &[u8], TornTail, &[u8])> = vec![
+        type TornCase = (&'static [u8], &'static [u8], TornTail, &'static [u8]);
+        let cases: Vec<TornCase> = vec![
             (b"abc", b"defgh", TornTail::None, b"abc"),
             (b"abc", b"defgh", TornTail::KeepPrefix { bytes: 2 }, b"abcde"),
             (b"abc", b"defgh", TornTail::KeepPrefix { bytes: 5 }, b"abcdefgh"),
