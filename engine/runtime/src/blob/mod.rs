@@ -447,7 +447,8 @@ mod tests {
         block_on(async {
             let store = BlobStore::open(SimDisk::new(), BlobFaults::new()).await.unwrap();
             // (key, bytes, overwrite, expected)
-            let steps: Vec<(&str, &[u8], bool, Result<(), BlobError>)> = vec![
+            type Step = (&'static str, &'static [u8], bool, Result<(), BlobError>);
+            let steps: Vec<Step> = vec![
                 ("cp/2/meta", b"two", false, Ok(())),
                 ("cp/10/meta", b"ten", false, Ok(())),
                 ("cp/2/meta", b"again", false, Err(BlobError::AlreadyExists("cp/2/meta".into()))),
@@ -525,6 +526,24 @@ mod tests {
             let store = BlobStore::open(disk.clone(), BlobFaults::new()).await.unwrap();
             assert_eq!(disk.list(TEMP_DIR).await.unwrap(), Vec::<String>::new());
             assert_eq!(store.list("").await.unwrap(), vec!["k", "slow"]);
+        });
+    }
+
+    #[cfg(not(madsim))]
+    #[test]
+    fn the_store_works_on_the_real_disk_and_recovers_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = crate::disk::RealDisk::new(dir.path());
+        block_on(async {
+            let store = BlobStore::open(disk.clone(), BlobFaults::new()).await.unwrap();
+            store.put("cp/1/meta", b"one", false).await.unwrap();
+            store.put("cp/1/meta", b"uno", true).await.unwrap();
+            assert_eq!(store.put("cp/1/meta", b"x", false).await, Err(BlobError::AlreadyExists("cp/1/meta".into())));
+            disk.append("tmp/3", b"left by a crash").await.unwrap();
+            drop(store);
+            let store = BlobStore::open(disk.clone(), BlobFaults::new()).await.unwrap();
+            assert_eq!(store.get("cp/1/meta").await.unwrap().unwrap(), b"uno");
+            assert_eq!(disk.list("").await.unwrap(), vec!["objects/cp%2F1%2Fmeta"]);
         });
     }
 

@@ -136,6 +136,7 @@ mod tests {
             assert_eq!(disk.read_all("never-synced").await.unwrap_err().kind(), io::ErrorKind::NotFound);
         } else {
             assert_eq!(disk.read_all("a/log").await.unwrap(), b"hello world\0\0!-unsynced");
+            disk.remove("never-synced").await.unwrap();
         }
 
         // Rename replaces the target atomically and durably; remove is durable.

@@ -611,3 +611,26 @@ mod tests {
         });
     }
 }
+
+#[cfg(all(test, not(madsim)))]
+mod real_tests {
+    use super::*;
+
+    #[test]
+    fn a_round_trip_over_loopback_tcp() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = tokio::spawn(serve(listener, |s: String| async move { s.to_uppercase() }));
+            let client = RpcClient::<String, String>::new(addr, RpcConfig::default());
+            let calls: Vec<_> = ["a", "bc", "def"].iter().map(|s| client.call(s.to_string())).collect();
+            let mut got = Vec::new();
+            for c in calls {
+                got.push(c.await.unwrap());
+            }
+            assert_eq!(got, vec!["A", "BC", "DEF"]);
+            server.abort();
+        });
+    }
+}
