@@ -156,18 +156,32 @@ impl Drop for AbortOnDrop {
 struct Outbox {
     half: BoxWrite,
     buf: Vec<u8>,
+    /// Bytes of `buf` already written (a cancelled flush resumes here: nothing twice).
+    written: usize,
     /// Whether anything was written since the heartbeat task last looked.
     wrote_since_tick: bool,
 }
 
 impl Outbox {
+    fn new(half: BoxWrite) -> Self {
+        Self { half, buf: Vec::new(), written: 0, wrote_since_tick: false }
+    }
+
+    /// Writes and flushes the buffer. Cancel-safe.
     async fn flush(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        self.half.write_all(&self.buf).await?;
+        while self.written < self.buf.len() {
+            let n = self.half.write(&self.buf[self.written..]).await?;
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "channel stream accepts no bytes"));
+            }
+            self.written += n;
+        }
         self.half.flush().await?;
         self.buf.clear();
+        self.written = 0;
         self.wrote_since_tick = true;
         Ok(())
     }
@@ -227,11 +241,7 @@ impl<T: Serialize> DataSender<T> {
     pub fn new<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S, config: ChannelConfig) -> Self {
         config.check();
         let (read_half, write_half) = tokio::io::split(stream);
-        let outbox = Arc::new(tokio::sync::Mutex::new(Outbox {
-            half: Box::new(write_half),
-            buf: Vec::new(),
-            wrote_since_tick: false,
-        }));
+        let outbox = Arc::new(tokio::sync::Mutex::new(Outbox::new(Box::new(write_half))));
         let (tx, rx) = watch::channel(CreditView::default());
         let read_timeout_ms = config.read_timeout_ms;
         let reader = AbortOnDrop(tokio::spawn(async move {
@@ -389,11 +399,7 @@ impl<T: DeserializeOwned> DataReceiver<T> {
     pub fn new<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S, config: ChannelConfig) -> Self {
         config.check();
         let (read_half, write_half) = tokio::io::split(stream);
-        let outbox = Arc::new(tokio::sync::Mutex::new(Outbox {
-            half: Box::new(write_half),
-            buf: Vec::new(),
-            wrote_since_tick: false,
-        }));
+        let outbox = Arc::new(tokio::sync::Mutex::new(Outbox::new(Box::new(write_half))));
         let credit = Arc::new(std::sync::Mutex::new(Credit {
             window_bytes: config.credit_window_bytes,
             granted_total: config.credit_window_bytes,
@@ -436,6 +442,10 @@ impl<T: DeserializeOwned> DataReceiver<T> {
     }
 
     async fn recv_inner(&mut self) -> Result<Option<T>, ChannelError> {
+        // Announce in chunks of a quarter window: one message per many batches.
+        if self.unannounced_bytes >= self.config.credit_window_bytes / 4 {
+            self.announce().await?;
+        }
         loop {
             let frame = match self.reader.try_next::<DataFrame<T>>()? {
                 Some(frame) => frame,
@@ -453,7 +463,8 @@ impl<T: DeserializeOwned> DataReceiver<T> {
             };
             match frame {
                 (DataFrame::Batch(batch), frame_bytes) => {
-                    self.consumed(frame_bytes as u64).await?;
+                    // No await between taking the batch and returning it: cancel-safe.
+                    self.consumed(frame_bytes as u64);
                     return Ok(Some(batch));
                 }
                 (DataFrame::Heartbeat, _) => continue,
@@ -465,21 +476,16 @@ impl<T: DeserializeOwned> DataReceiver<T> {
         }
     }
 
-    async fn consumed(&mut self, frame_bytes: u64) -> Result<(), ChannelError> {
-        {
-            let mut c = self.credit.lock().unwrap_or_else(|e| e.into_inner());
-            c.consumed_total += frame_bytes;
-            if self.config.auto_grant {
-                c.granted_total += frame_bytes;
-            }
-            debug_assert!(c.consumed_total <= c.granted_total);
+    /// Counts a consumed batch (and, with `auto_grant`, grants its bytes again); the next
+    /// `recv` announces it.
+    fn consumed(&mut self, frame_bytes: u64) {
+        let mut c = self.credit.lock().unwrap_or_else(|e| e.into_inner());
+        c.consumed_total += frame_bytes;
+        if self.config.auto_grant {
+            c.granted_total += frame_bytes;
         }
+        debug_assert!(c.consumed_total <= c.granted_total);
         self.unannounced_bytes += frame_bytes;
-        // Announce in chunks of a quarter window: one message per many batches.
-        if self.unannounced_bytes >= self.config.credit_window_bytes / 4 {
-            self.announce().await?;
-        }
-        Ok(())
     }
 
     /// Sends the current credit if anything changed since it was last sent.
@@ -497,6 +503,7 @@ impl<T: DeserializeOwned> DataReceiver<T> {
         if let Err(e) = out.flush().await {
             tracing::debug!(error = %e, "data receiver could not announce credit");
             out.buf.clear();
+            out.written = 0;
         }
         self.unannounced_bytes = 0;
         Ok(())
