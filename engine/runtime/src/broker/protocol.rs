@@ -1,0 +1,385 @@
+//! The broker's request/response protocol: what a client may ask, what it gets back, and every
+//! typed error. Requests and responses are plain serde values; the transport frames and
+//! checksums them.
+//!
+//! The requests follow Kafka's API keys where one exists (`CreateTopics`, `InitProducerId`,
+//! `Produce`, `EndTxn`, `Fetch`, `ListTransactions`), folded into one enum. Two deliberate
+//! simplifications: a transactional produce adds its partition to the transaction implicitly
+//! (Kafka's `AddPartitionsToTxn` is a separate call), and floe adds an explicit `Prepare`
+//! (Flink's pre-commit) that Kafka does not have.
+
+use floe_core::ids::{Offset, PartitionId};
+use serde::{Deserialize, Serialize};
+
+/// A producer id, allocated by the broker (Kafka's `producerId`). Stable per transactional id.
+pub type ProducerId = u64;
+
+/// A producer epoch (Kafka's `producerEpoch`): bumped by every `init_transactions`, fencing older ones.
+pub type ProducerEpoch = u32;
+
+/// One record of a partition log.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Record {
+    /// The record's key (used by the caller for partitioning; opaque to the broker).
+    pub key: Option<Vec<u8>>,
+    /// The record's value.
+    pub value: Vec<u8>,
+}
+
+impl Record {
+    /// A record with a value and no key.
+    pub fn value(value: impl Into<Vec<u8>>) -> Self {
+        Record { key: None, value: value.into() }
+    }
+
+    /// Bytes this record counts for in fetch and request limits.
+    pub fn size_bytes(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len) + self.value.len()
+    }
+}
+
+/// The producer identity stamped on an idempotent or transactional batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ProducerStamp {
+    /// The producer id.
+    pub producer_id: ProducerId,
+    /// The producer epoch.
+    pub epoch: ProducerEpoch,
+    /// The sequence number of the batch's first record, per (producer, partition), from 0.
+    pub base_sequence: u32,
+}
+
+/// Which records a fetch may return (Kafka's `isolation.level`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum IsolationLevel {
+    /// Every record, including those of open and aborted transactions, up to the log end.
+    ReadUncommitted,
+    /// Only non-transactional and committed records, up to the last stable offset.
+    ReadCommitted,
+}
+
+/// How a transaction ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TxnOutcome {
+    /// Committed: its records become visible to read-committed consumers.
+    Commit,
+    /// Aborted: its records are skipped by read-committed consumers.
+    Abort,
+}
+
+/// Why a transaction was aborted (or that it was committed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TxnEndReason {
+    /// The producer asked for it (`commit` / `abort`).
+    Requested,
+    /// The broker aborted it because it stayed open longer than its timeout.
+    TimedOut,
+    /// A newer `init_transactions` of the same transactional id fenced its producer.
+    Fenced,
+}
+
+/// The state of a transactional id as `list_transactions` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TxnState {
+    /// Initialized, no transaction open (Kafka's `Empty`).
+    Empty,
+    /// A transaction is open and accepts records (Kafka's `Ongoing`).
+    Ongoing,
+    /// Pre-committed: durable, no longer accepts records, waiting for commit (still times out).
+    Prepared,
+    /// The last transaction committed (Kafka's `CompleteCommit`).
+    CompleteCommit,
+    /// The last transaction was aborted, for the given reason (Kafka's `CompleteAbort`).
+    CompleteAbort(TxnEndReason),
+}
+
+impl TxnState {
+    /// True while a transaction is open (ongoing or prepared).
+    pub fn is_open(self) -> bool {
+        matches!(self, TxnState::Ongoing | TxnState::Prepared)
+    }
+}
+
+/// One row of `list_transactions`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnListing {
+    /// The transactional id.
+    pub transactional_id: String,
+    /// Its producer id.
+    pub producer_id: ProducerId,
+    /// Its current epoch.
+    pub epoch: ProducerEpoch,
+    /// Its state.
+    pub state: TxnState,
+}
+
+/// The result of a fetch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchResult {
+    /// The records, in offset order, each with its offset.
+    pub records: Vec<(Offset, Record)>,
+    /// Where the next fetch should start (past skipped markers and aborted records).
+    pub next_offset: Offset,
+    /// The log end offset (every appended, durable entry is below it).
+    pub high_watermark: Offset,
+    /// The last stable offset: the first offset of the earliest open transaction, or the log end.
+    pub last_stable_offset: Offset,
+}
+
+/// A request to the broker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrokerRequest {
+    /// Creates a topic. Creating an existing topic with the same partition count is `Ok`.
+    CreateTopic {
+        /// The topic name (`[A-Za-z0-9._-]`, at most [`TOPIC_NAME_BYTES_MAX`] bytes).
+        topic: String,
+        /// The partition count (at least 1).
+        partitions: u32,
+    },
+    /// The partition count of a topic.
+    Metadata {
+        /// The topic.
+        topic: String,
+    },
+    /// Allocates a producer id for an idempotent (non-transactional) producer; epoch 0.
+    InitProducerId,
+    /// Appends a batch to one partition.
+    Produce {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: PartitionId,
+        /// Set for idempotent and transactional producers; `None` for a plain append.
+        producer: Option<ProducerStamp>,
+        /// Set for a transactional produce: the records join this id's open transaction.
+        transactional_id: Option<String>,
+        /// The records (at least one).
+        records: Vec<Record>,
+    },
+    /// Registers a transactional id, bumps its epoch and aborts its open transaction.
+    InitTransactions {
+        /// The transactional id.
+        transactional_id: String,
+        /// The transaction timeout; `None` for the broker's default. Capped by the broker's max.
+        transaction_timeout_ms: Option<u64>,
+    },
+    /// Pre-commits the open transaction (floe's addition; Flink's `preCommit`).
+    Prepare {
+        /// The transactional id.
+        transactional_id: String,
+        /// The producer id `init_transactions` returned.
+        producer_id: ProducerId,
+        /// The epoch `init_transactions` returned.
+        epoch: ProducerEpoch,
+    },
+    /// Ends the open transaction (Kafka's `EndTxn`). Idempotent.
+    EndTransaction {
+        /// The transactional id.
+        transactional_id: String,
+        /// The producer id.
+        producer_id: ProducerId,
+        /// The epoch.
+        epoch: ProducerEpoch,
+        /// Commit or abort.
+        outcome: TxnOutcome,
+    },
+    /// Every transactional id starting with `prefix`, sorted, with its state.
+    ListTransactions {
+        /// The prefix (empty for all).
+        prefix: String,
+    },
+    /// Reads records from one partition.
+    Fetch {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: PartitionId,
+        /// The first offset wanted.
+        from_offset: Offset,
+        /// At most this many records (capped by the broker's own limit).
+        records_max: u32,
+        /// At most this many record bytes (at least one record is returned if any is available).
+        bytes_max: u32,
+        /// Which records are visible.
+        isolation: IsolationLevel,
+    },
+}
+
+impl BrokerRequest {
+    /// True when the request only reads state (no disk writes).
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, BrokerRequest::Metadata { .. } | BrokerRequest::ListTransactions { .. } | BrokerRequest::Fetch { .. })
+    }
+}
+
+/// A successful answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrokerResponse {
+    /// The topic exists with this many partitions.
+    TopicCreated {
+        /// Its partition count.
+        partitions: u32,
+    },
+    /// The topic's partition count.
+    Metadata {
+        /// Its partition count.
+        partitions: u32,
+    },
+    /// A producer id and epoch.
+    ProducerId {
+        /// The producer id.
+        producer_id: ProducerId,
+        /// The epoch.
+        epoch: ProducerEpoch,
+    },
+    /// The batch is durable; its first record got this offset. For a retried (duplicate)
+    /// batch, the offset it got the first time.
+    Produced {
+        /// The first record's offset.
+        base_offset: Offset,
+        /// True when this was a retry of a batch already in the log (nothing was appended).
+        duplicate: bool,
+    },
+    /// The prepare, commit or abort is durable.
+    TransactionEnded {
+        /// The state the transactional id is in now.
+        state: TxnState,
+    },
+    /// The answer to `ListTransactions`.
+    Transactions(Vec<TxnListing>),
+    /// The answer to `Fetch`.
+    Fetched(FetchResult),
+}
+
+/// The longest topic name, in bytes (Kafka's limit).
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+/// The longest transactional id, in bytes.
+pub const TRANSACTIONAL_ID_BYTES_MAX: usize = 1024;
+
+/// Everything that can go wrong, typed. Serializable: it crosses the wire.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum BrokerError {
+    /// No such topic.
+    #[error("unknown topic {topic:?}")]
+    UnknownTopic {
+        /// The topic.
+        topic: String,
+    },
+    /// The topic has no such partition.
+    #[error("unknown partition {partition} of topic {topic:?}")]
+    UnknownPartition {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: PartitionId,
+    },
+    /// The topic exists with another partition count.
+    #[error("topic {topic:?} exists with {existing} partitions")]
+    TopicExists {
+        /// The topic.
+        topic: String,
+        /// Its partition count.
+        existing: u32,
+    },
+    /// A name (topic or transactional id) or a count is not acceptable.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// A newer epoch of this producer exists: this one is a zombie.
+    #[error("producer {producer_id} epoch {epoch} is fenced by epoch {current_epoch}")]
+    Fenced {
+        /// The producer id.
+        producer_id: ProducerId,
+        /// The epoch the request carried.
+        epoch: ProducerEpoch,
+        /// The current epoch.
+        current_epoch: ProducerEpoch,
+    },
+    /// The broker does not know this producer id (or this epoch is from the future).
+    #[error("unknown producer {producer_id} epoch {epoch}")]
+    UnknownProducer {
+        /// The producer id.
+        producer_id: ProducerId,
+        /// The epoch.
+        epoch: ProducerEpoch,
+    },
+    /// The batch's sequence leaves a gap after the last one appended.
+    #[error("out of order sequence for producer {producer_id}: expected {expected}, got {got}")]
+    OutOfOrderSequence {
+        /// The producer id.
+        producer_id: ProducerId,
+        /// The next sequence the broker expects.
+        expected: u32,
+        /// The batch's base sequence.
+        got: u32,
+    },
+    /// A retried batch too old for the broker to remember its offset (Kafka keeps 5 per producer).
+    #[error("duplicate sequence {got} for producer {producer_id}, too old to know its offset")]
+    DuplicateSequence {
+        /// The producer id.
+        producer_id: ProducerId,
+        /// The batch's base sequence.
+        got: u32,
+    },
+    /// No such transactional id.
+    #[error("unknown transactional id {0:?}")]
+    UnknownTransactionalId(String),
+    /// The transaction was aborted (by request or by a newer epoch) and cannot be committed.
+    #[error("transaction of {transactional_id:?} was aborted")]
+    TransactionAborted {
+        /// The transactional id.
+        transactional_id: String,
+    },
+    /// The broker aborted the transaction when its timeout expired (FLINK-7784's hazard).
+    #[error("transaction of {transactional_id:?} timed out and was aborted by the broker")]
+    TransactionTimedOut {
+        /// The transactional id.
+        transactional_id: String,
+    },
+    /// The request does not fit the transaction's state (e.g. producing into a prepared one).
+    #[error("transaction of {transactional_id:?} is {state:?}: {action} not allowed")]
+    InvalidTransactionState {
+        /// The transactional id.
+        transactional_id: String,
+        /// Its state.
+        state: TxnState,
+        /// What was attempted.
+        action: String,
+    },
+    /// A fetch started outside `[0, log end]`.
+    #[error("offset {offset} out of range (log end {log_end})")]
+    OffsetOutOfRange {
+        /// The requested offset.
+        offset: Offset,
+        /// The log end offset.
+        log_end: Offset,
+    },
+    /// A named limit was hit.
+    #[error("limit {limit} exceeded: {detail}")]
+    LimitExceeded {
+        /// The limit's configuration name.
+        limit: String,
+        /// What exceeded it.
+        detail: String,
+    },
+    /// The broker cannot serve now (recovering after an I/O error, overloaded, shutting down).
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The peer answered something that does not fit the request (raised by the client).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// No answer in time (raised by the client).
+    #[error("request timed out")]
+    Timeout,
+    /// A disk operation failed; nothing in the request was acknowledged.
+    #[error("broker I/O error: {0}")]
+    Io(String),
+}
+
+impl BrokerError {
+    /// True when retrying the same request later may succeed (the request had no effect, or a
+    /// retry is deduplicated by the producer's sequence numbers).
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, BrokerError::Unavailable(_) | BrokerError::Timeout | BrokerError::Io(_))
+    }
+}

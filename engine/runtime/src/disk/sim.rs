@@ -1,0 +1,265 @@
+//! The simulated disk: memory shared with the harness, with a crash model.
+//!
+//! madsim's own `fs` ignores fsync, so it cannot model durability; this disk does. The harness
+//! creates a [`SimDisk`], keeps a clone and hands another to the node's init closure: the bytes
+//! live outside the node's futures and survive a kill. Each file has a *durable* image (as of
+//! its last `fsync`) and a *current* image (what reads see). [`SimDisk::crash`] reverts every
+//! file to its durable image, optionally keeping a prefix of the unsynced tail
+//! ([`TornTail::KeepPrefix`], drawn by the harness from its seed), like a power cut on a real
+//! disk that had written some sectors of an append. A file never fsynced does not exist after a
+//! crash. `rename` and `remove` are durable when they return: a rename moves the file's durable
+//! image (an unsynced file renamed durably becomes an empty file, the classic hazard of renaming
+//! before fsync). Overwrites inside the durable image that were not fsynced are lost on a crash.
+//!
+//! Compiled in both modes (memory and `tokio::time::sleep` only). Faults and latency are set at
+//! any time through [`SimDisk::set_faults`].
+
+use super::{check_path, Disk};
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What survives of each file's unsynced tail in a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TornTail {
+    /// Every unsynced byte is lost.
+    #[default]
+    None,
+    /// At most `bytes` bytes of the unsynced tail beyond the durable length survive.
+    KeepPrefix {
+        /// How many bytes of the tail survive (the harness draws it from its seed).
+        bytes: u64,
+    },
+}
+
+/// Injected faults; they apply from the next operation on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DiskFaults {
+    /// `create`, `append`, `write_at`, `rename` and `remove` fail with an i/o error.
+    pub fail_writes: bool,
+    /// `fsync` fails with an i/o error (and makes nothing durable).
+    pub fail_fsyncs: bool,
+    /// Added to every operation, in milliseconds.
+    pub latency_ms: u64,
+}
+
+/// Counters since the disk was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DiskCounters {
+    /// Bytes accepted by `append` and `write_at`.
+    pub bytes_written: u64,
+    /// Bytes that became durable through `fsync`.
+    pub bytes_synced: u64,
+    /// Successful `fsync` calls.
+    pub fsyncs: u64,
+    /// Crashes simulated.
+    pub crashes: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct SimFile {
+    /// The image as of the last fsync; `None` if the file was never made durable.
+    durable: Option<Vec<u8>>,
+    /// What reads see.
+    current: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    files: BTreeMap<String, SimFile>,
+    faults: DiskFaults,
+    counters: DiskCounters,
+}
+
+/// A simulated disk; clones share the same bytes.
+#[derive(Debug, Clone, Default)]
+pub struct SimDisk {
+    state: Arc<Mutex<State>>,
+}
+
+fn injected(what: &str) -> io::Error {
+    io::Error::other(format!("injected disk fault: {what}"))
+}
+
+fn not_found(path: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("no such file: {path}"))
+}
+
+impl SimDisk {
+    /// An empty disk.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock is a bug elsewhere; the bytes are still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Simulates a power cut: every file reverts to its durable image (plus, with
+    /// [`TornTail::KeepPrefix`], a prefix of its unsynced tail); never-synced files vanish.
+    /// Call it while the node is killed, before restarting it.
+    pub fn crash(&self, torn: TornTail) {
+        let mut state = self.lock();
+        state.counters.crashes += 1;
+        state.files.retain(|_, file| {
+            let Some(durable) = file.durable.clone() else { return false };
+            let keep_tail = match torn {
+                TornTail::None => 0,
+                TornTail::KeepPrefix { bytes } => bytes,
+            };
+            let mut image = durable;
+            let durable_len = image.len();
+            if file.current.len() > durable_len && keep_tail > 0 {
+                let tail_end = durable_len.saturating_add(usize::try_from(keep_tail).unwrap_or(usize::MAX));
+                let tail_end = tail_end.min(file.current.len());
+                image.extend_from_slice(&file.current[durable_len..tail_end]);
+            }
+            file.current = image;
+            true
+        });
+    }
+
+    /// Sets the injected faults (replacing the previous ones).
+    pub fn set_faults(&self, faults: DiskFaults) {
+        self.lock().faults = faults;
+    }
+
+    /// The injected faults in force.
+    pub fn faults(&self) -> DiskFaults {
+        self.lock().faults
+    }
+
+    /// Counters since creation.
+    pub fn counters(&self) -> DiskCounters {
+        self.lock().counters
+    }
+
+    /// Bytes not yet durable, over all files (current bytes beyond the durable length).
+    pub fn unsynced_bytes(&self) -> u64 {
+        self.lock()
+            .files
+            .values()
+            .map(|f| f.current.len().saturating_sub(f.durable.as_ref().map_or(0, Vec::len)) as u64)
+            .sum()
+    }
+
+    async fn delay(&self) {
+        let latency_ms = self.lock().faults.latency_ms;
+        if latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(latency_ms)).await;
+        }
+    }
+
+    /// Runs a mutating operation after the latency, unless writes fail.
+    async fn write_op<T>(&self, path: &str, op: impl FnOnce(&mut State) -> io::Result<T>) -> io::Result<T> {
+        check_path(path)?;
+        self.delay().await;
+        let mut state = self.lock();
+        if state.faults.fail_writes {
+            return Err(injected("write"));
+        }
+        op(&mut state)
+    }
+
+    async fn read_op<T>(&self, path: &str, op: impl FnOnce(&State) -> io::Result<T>) -> io::Result<T> {
+        check_path(path)?;
+        self.delay().await;
+        op(&self.lock())
+    }
+}
+
+impl Disk for SimDisk {
+    async fn create(&self, path: &str) -> io::Result<()> {
+        self.write_op(path, |s| {
+            s.files.entry(path.to_string()).or_default().current.clear();
+            Ok(())
+        })
+        .await
+    }
+
+    async fn append(&self, path: &str, data: &[u8]) -> io::Result<u64> {
+        self.write_op(path, |s| {
+            s.counters.bytes_written += data.len() as u64;
+            let file = s.files.entry(path.to_string()).or_default();
+            let offset = file.current.len() as u64;
+            file.current.extend_from_slice(data);
+            Ok(offset)
+        })
+        .await
+    }
+
+    async fn write_at(&self, path: &str, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.write_op(path, |s| {
+            let start = usize::try_from(offset).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+            let end = start
+                .checked_add(data.len())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "offset + length overflows"))?;
+            s.counters.bytes_written += data.len() as u64;
+            let file = s.files.entry(path.to_string()).or_default();
+            if file.current.len() < end {
+                file.current.resize(end, 0);
+            }
+            file.current[start..end].copy_from_slice(data);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn read(&self, path: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.read_op(path, |s| {
+            let file = s.files.get(path).ok_or_else(|| not_found(path))?;
+            let start = usize::try_from(offset).unwrap_or(usize::MAX).min(file.current.len());
+            let end = start.saturating_add(len).min(file.current.len());
+            Ok(file.current[start..end].to_vec())
+        })
+        .await
+    }
+
+    async fn read_all(&self, path: &str) -> io::Result<Vec<u8>> {
+        self.read_op(path, |s| s.files.get(path).map(|f| f.current.clone()).ok_or_else(|| not_found(path))).await
+    }
+
+    async fn len(&self, path: &str) -> io::Result<u64> {
+        self.read_op(path, |s| s.files.get(path).map(|f| f.current.len() as u64).ok_or_else(|| not_found(path))).await
+    }
+
+    async fn fsync(&self, path: &str) -> io::Result<()> {
+        check_path(path)?;
+        self.delay().await;
+        let mut state = self.lock();
+        if state.faults.fail_fsyncs {
+            return Err(injected("fsync"));
+        }
+        let file = state.files.get_mut(path).ok_or_else(|| not_found(path))?;
+        let newly = file.current.len().saturating_sub(file.durable.as_ref().map_or(0, Vec::len)) as u64;
+        file.durable = Some(file.current.clone());
+        state.counters.fsyncs += 1;
+        state.counters.bytes_synced += newly;
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+        self.delay().await;
+        let state = self.lock();
+        Ok(state.files.range(prefix.to_string()..).map(|(k, _)| k).take_while(|k| k.starts_with(prefix)).cloned().collect())
+    }
+
+    async fn remove(&self, path: &str) -> io::Result<()> {
+        self.write_op(path, |s| s.files.remove(path).map(|_| ()).ok_or_else(|| not_found(path))).await
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        check_path(to)?;
+        self.write_op(from, |s| {
+            let mut file = s.files.remove(from).ok_or_else(|| not_found(from))?;
+            // The rename itself is durable: the entry exists after a crash, with whatever
+            // content was durable (empty if never synced).
+            file.durable = Some(file.durable.take().unwrap_or_default());
+            s.files.insert(to.to_string(), file);
+            Ok(())
+        })
+        .await
+    }
+}
