@@ -107,6 +107,8 @@ struct Inbox {
     declines: Vec<(AttemptId, CheckpointId, String)>,
     failures: Vec<(AttemptId, SubtaskId, String)>,
     end_of_input: BTreeSet<(AttemptId, SubtaskId)>,
+    /// Checkpoints the driver triggered, in order.
+    triggered: Vec<CheckpointId>,
 }
 
 type SharedInbox = Arc<Mutex<Inbox>>;
@@ -261,13 +263,16 @@ struct Driver {
     next_checkpoint: CheckpointId,
     latest: Option<CheckpointMetadata>,
     restarts: u32,
+    completed: u32,
+    /// The checkpoint each redeploy restored from.
+    restored_from: Vec<Option<CheckpointId>>,
 }
 
 impl Driver {
     fn new(spec: JobSpec, tms: u32, inbox: SharedInbox) -> Self {
         let graph = JobRegistry::builtin().build(&spec).unwrap().expand();
         let tms = (0..tms).map(|i| RpcClient::new(SocketAddr::new(tm_ip(i), TM_RPC_PORT), rpc())).collect();
-        Driver { spec, graph, tms, inbox, attempt: AttemptId(0), next_checkpoint: CheckpointId(1), latest: None, restarts: 0 }
+        Driver { spec, graph, tms, inbox, attempt: AttemptId(0), next_checkpoint: CheckpointId(1), latest: None, restarts: 0, completed: 0, restored_from: Vec::new() }
     }
 
     fn host(&self, s: SubtaskId) -> usize {
@@ -276,6 +281,9 @@ impl Driver {
 
     async fn deploy(&mut self) {
         self.attempt = self.attempt.next();
+        if self.attempt > AttemptId(1) {
+            self.restored_from.push(self.latest.as_ref().map(|m| m.checkpoint_id));
+        }
         let locations: BTreeMap<SubtaskId, SocketAddr> = self.graph.subtasks().into_iter().map(|s| (s, SocketAddr::new(tm_ip(self.host(s) as u32), TM_DATA_PORT))).collect();
         let mut per_tm: Vec<Vec<SubtaskDeployment>> = vec![Vec::new(); self.tms.len()];
         for v in &self.graph.vertices {
@@ -307,6 +315,7 @@ impl Driver {
         self.next_checkpoint = id.next();
         let is_final = self.all_sources_ended();
         let barrier = Barrier { checkpoint_id: id, triggered_at_ms: 0, is_final };
+        self.inbox.lock().unwrap().triggered.push(id);
         for (t, tm) in self.tms.iter().enumerate() {
             let sources: Vec<SubtaskId> = self.graph.source_subtasks().into_iter().filter(|s| self.host(*s) == t).collect();
             if !sources.is_empty() {
@@ -327,6 +336,7 @@ impl Driver {
                     .iter()
                     .map(|v| (v.id, OperatorCheckpoint { parallelism: v.parallelism, max_parallelism: v.max_parallelism, subtasks: acks.iter().filter(|h| h.subtask.operator == v.id).cloned().collect() }))
                     .collect::<BTreeMap<OperatorId, _>>();
+                self.completed += 1;
                 self.latest = Some(CheckpointMetadata { checkpoint_id: id, attempt: self.attempt, triggered_at_ms: 0, completed_at_ms: 0, is_final, operators });
                 for tm in &self.tms {
                     let _ = tm.call(TmRequest::NotifyComplete { attempt: self.attempt, checkpoint_id: id }).await;
@@ -369,6 +379,14 @@ impl Driver {
     }
 }
 
+/// What the stand-in job manager saw of a run.
+#[derive(Debug)]
+struct Stats {
+    restarts: u32,
+    completed: u32,
+    restored_from: Vec<Option<CheckpointId>>,
+}
+
 fn spec(lines: usize, parallelism: u32) -> JobSpec {
     let mut ends = vec![0u64; INPUT_PARTITIONS as usize];
     for i in 0..lines {
@@ -379,7 +397,7 @@ fn spec(lines: usize, parallelism: u32) -> JobSpec {
 
 /// A bounded word count, no faults except what `fault` injects (run on the test's node while the
 /// job runs); returns the restarts the driver made.
-async fn word_count(seed: u64, task_managers: u32, parallelism: u32, fault: impl FnOnce(World) -> std::pin::Pin<Box<dyn Future<Output = World>>> + 'static) -> u32 {
+async fn word_count(seed: u64, task_managers: u32, parallelism: u32, fault: impl FnOnce(World) -> std::pin::Pin<Box<dyn Future<Output = World>>> + 'static) -> Stats {
     let world = start_world(task_managers, 2);
     let lines = input_lines(seed, 600);
     let expected = expected_counts(&lines);
@@ -409,7 +427,7 @@ async fn word_count(seed: u64, task_managers: u32, parallelism: u32, fault: impl
             }
             let mut driver = Driver::new(job, task_managers, inbox);
             driver.run_to_end(100).await;
-            driver.restarts
+            Stats { restarts: driver.restarts, completed: driver.completed, restored_from: driver.restored_from }
         });
     let world = fault(world).await;
     let restarts = restarts.await.unwrap();
@@ -422,8 +440,9 @@ async fn word_count(seed: u64, task_managers: u32, parallelism: u32, fault: impl
 fn a_one_tm_word_count_commits_exactly_the_expected_counts() {
     for seed in seeds(1, 2) {
         sim("a_one_tm_word_count_commits_exactly_the_expected_counts", seed, move || async move {
-            let restarts = word_count(seed, 1, 2, |w| Box::pin(async move { w })).await;
-            assert_eq!(restarts, 0);
+            let stats = word_count(seed, 1, 2, |w| Box::pin(async move { w })).await;
+            assert_eq!(stats.restarts, 0);
+            assert!(stats.completed >= 3, "several checkpoints, the final one included: {stats:?}");
         });
     }
 }
@@ -432,8 +451,9 @@ fn a_one_tm_word_count_commits_exactly_the_expected_counts() {
 fn a_two_tm_word_count_commits_exactly_the_expected_counts() {
     for seed in seeds(11, 2) {
         sim("a_two_tm_word_count_commits_exactly_the_expected_counts", seed, move || async move {
-            let restarts = word_count(seed, 2, 2, |w| Box::pin(async move { w })).await;
-            assert_eq!(restarts, 0);
+            let stats = word_count(seed, 2, 2, |w| Box::pin(async move { w })).await;
+            assert_eq!(stats.restarts, 0);
+            assert!(stats.completed >= 3, "several checkpoints, the final one included: {stats:?}");
         });
     }
 }
@@ -442,7 +462,7 @@ fn a_two_tm_word_count_commits_exactly_the_expected_counts() {
 fn a_tm_killed_and_restarted_mid_stream_loses_and_duplicates_nothing() {
     for seed in seeds(21, 2) {
         sim("a_tm_killed_and_restarted_mid_stream_loses_and_duplicates_nothing", seed, move || async move {
-            let restarts = word_count(seed, 2, 2, |w| {
+            let stats = word_count(seed, 2, 2, |w| {
                 Box::pin(async move {
                     tokio::time::sleep(Duration::from_millis(400)).await;
                     let h = Handle::current();
@@ -453,7 +473,94 @@ fn a_tm_killed_and_restarted_mid_stream_loses_and_duplicates_nothing() {
                 })
             })
             .await;
-            assert!(restarts >= 1, "the kill must cause a restart");
+            assert!(stats.restarts >= 1, "the kill must cause a restart: {stats:?}");
+            assert!(stats.restored_from.iter().any(Option::is_some), "a restart restores from a completed checkpoint: {stats:?}");
+        });
+    }
+}
+
+#[test]
+fn a_tm_killed_while_a_checkpoint_is_aligning_loses_and_duplicates_nothing() {
+    for seed in seeds(31, 3) {
+        sim("a_tm_killed_while_a_checkpoint_is_aligning_loses_and_duplicates_nothing", seed, move || async move {
+            let stats = word_count(seed, 2, 2, move |w| {
+                Box::pin(async move {
+                    // Kill TM 1 a few milliseconds after checkpoint 2 was triggered: its barriers
+                    // are on their way and the consumers are aligning.
+                    while !w.inbox.lock().unwrap().triggered.contains(&CheckpointId(2)) {
+                        tokio::time::sleep(Duration::from_micros(200)).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1 + seed % 4)).await;
+                    let h = Handle::current();
+                    h.kill(w.tms[1].id());
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    h.restart(w.tms[1].id());
+                    w
+                })
+            })
+            .await;
+            assert!(stats.restarts >= 1, "the kill must cause a restart: {stats:?}");
+        });
+    }
+}
+
+#[test]
+fn records_keep_flowing_while_a_snapshot_write_is_slow() {
+    for seed in seeds(41, 2) {
+        sim("records_keep_flowing_while_a_snapshot_write_is_slow", seed, move || async move {
+            let world = start_world(1, 2);
+            let lines = input_lines(seed, 3_000);
+            let broker = BrokerClient::new(BROKER, rpc());
+            let (b, feed) = (broker.clone(), lines.clone());
+            world.client.spawn(async move {
+                retry(|| b.create_topic("lines", INPUT_PARTITIONS)).await;
+                let mut producer = retry(|| Producer::idempotent(b.clone(), RetryPolicy { attempts_max: 1_000, backoff_ms: 50 })).await;
+                for (w, wave) in feed.chunks(20).enumerate() {
+                    produce(&mut producer, wave, w * 20).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+            let (inbox, faults) = (world.inbox.clone(), world.blob_faults.clone());
+            let job = spec(lines.len(), 2);
+            world
+                .client
+                .spawn(async move {
+                    while inbox.lock().unwrap().registered.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    let mut driver = Driver::new(job, 1, inbox.clone());
+                    driver.deploy().await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    assert_eq!(driver.checkpoint(5_000).await, Some(false), "checkpoint 1 completes");
+                    // Every put now takes 800 ms (below the RPC timeout): checkpoint 2's writes are slow.
+                    faults.set_put_latency_ms(800);
+                    let id = driver.next_checkpoint;
+                    let written = |b: &BrokerClient| {
+                        let b = b.clone();
+                        async move {
+                            let mut total = 0;
+                            for p in 0..2 {
+                                total += retry(|| b.fetch("counts", PartitionId(p), Offset(0), 1, 1 << 10, IsolationLevel::ReadUncommitted)).await.high_watermark.0;
+                            }
+                            total
+                        }
+                    };
+                    let trigger = tokio::spawn(async move {
+                        let completed = driver.checkpoint(10_000).await;
+                        (driver, completed)
+                    });
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let before = written(&broker).await;
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                    let after = written(&broker).await;
+                    let acks = inbox.lock().unwrap().acks.get(&(AttemptId(1), id)).map_or(0, Vec::len);
+                    assert!(acks < 4, "checkpoint {id} is still being written ({acks} acks)");
+                    assert!(after > before, "the sink wrote {before} records before and {after} after: processing stopped during the slow write");
+                    let (_, completed) = trigger.await.unwrap();
+                    assert_eq!(completed, Some(false), "the slow checkpoint still completes");
+                })
+                .await
+                .unwrap();
         });
     }
 }
