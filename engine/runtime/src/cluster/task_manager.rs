@@ -385,6 +385,7 @@ async fn accept_data(listener: TcpListener, tm: Arc<TaskManager>) {
 
 async fn on_data_connection(tm: &TaskManager, mut stream: TcpStream) -> Result<(), wire::HandshakeError> {
     let hello: ChannelHello = wire::read_one(&mut stream).await?;
+    #[allow(clippy::disallowed_methods)] // virtual time under madsim (processing time is the host clock)
     let deadline = tokio::time::Instant::now() + Duration::from_millis(CONSUMER_WAIT_MS);
     let (inputs, index) = loop {
         match tm.verdict(&hello) {
@@ -395,6 +396,7 @@ async fn on_data_connection(tm: &TaskManager, mut stream: TcpStream) -> Result<(
                 }
                 return wire::write_one(&mut stream, &HelloReply::Refused(why)).await;
             }
+            #[allow(clippy::disallowed_methods)] // virtual time under madsim (processing time is the host clock)
             Verdict::Wait if tokio::time::Instant::now() >= deadline => {
                 let why = format!("{} of {} was not deployed within {CONSUMER_WAIT_MS} ms", hello.consumer, hello.attempt);
                 return wire::write_one(&mut stream, &HelloReply::Refused(why)).await;

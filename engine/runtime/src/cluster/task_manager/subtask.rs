@@ -140,6 +140,7 @@ struct Task {
 }
 
 fn now_ms() -> u64 {
+    #[allow(clippy::disallowed_methods)] // virtual time under madsim (processing time is the host clock)
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -191,8 +192,10 @@ impl Task {
         // Inputs: wait for every producer to connect.
         let gate = graph.inputs_of(subtask);
         let mut receivers: Vec<Option<DataReceiver<ChannelElement>>> = gate.iter().map(|_| None).collect();
+        #[allow(clippy::disallowed_methods)] // virtual time under madsim (processing time is the host clock)
         let deadline = tokio::time::Instant::now() + Duration::from_millis(INPUTS_WAIT_MS);
         while receivers.iter().any(Option::is_none) {
+            #[allow(clippy::disallowed_methods)] // virtual time under madsim (processing time is the host clock)
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match tokio::time::timeout(left, inputs.recv()).await {
                 Ok(Some(InputChannel { index, receiver })) => {
@@ -321,6 +324,7 @@ impl Task {
             }
         }
         if self.tick.as_mut().poll(cx).is_ready() {
+            #[allow(clippy::disallowed_methods)] // virtual time under madsim (processing time is the host clock)
             let next = tokio::time::Instant::now() + Duration::from_millis(PROCESSING_TIME_TICK_MS);
             self.tick.as_mut().reset(next);
             return Poll::Ready(Event::Tick);
