@@ -136,6 +136,7 @@ mod tests {
             assert_eq!(disk.read_all("never-synced").await.unwrap_err().kind(), io::ErrorKind::NotFound);
         } else {
             assert_eq!(disk.read_all("a/log").await.unwrap(), b"hello world\0\0!-unsynced");
+            disk.remove("never-synced").await.unwrap();
         }
 
         // Rename replaces the target atomically and durably; remove is durable.
@@ -187,7 +188,8 @@ mod tests {
     #[test]
     fn a_torn_tail_keeps_only_a_prefix_of_the_unsynced_bytes() {
         // (synced, unsynced, torn, expected after crash)
-        let cases: Vec<(&[u8], &[u8], TornTail, &[u8])> = vec![
+        type TornCase = (&'static [u8], &'static [u8], TornTail, &'static [u8]);
+        let cases: Vec<TornCase> = vec![
             (b"abc", b"defgh", TornTail::None, b"abc"),
             (b"abc", b"defgh", TornTail::KeepPrefix { bytes: 2 }, b"abcde"),
             (b"abc", b"defgh", TornTail::KeepPrefix { bytes: 5 }, b"abcdefgh"),

@@ -8,11 +8,14 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`frame`] | `len | crc32 | bincode body` frames, the cancel-safe [`frame::FrameReader`] |
+//! | [`frame`] | length-prefixed, crc32-checked bincode frames, the cancel-safe [`frame::FrameReader`] |
 //! | [`rpc`] | request/response with ids, pipelining, per-call timeouts, reconnect |
+//! | [`channel`] | record-batch channels with credit-based flow control and heartbeats |
 
+pub mod channel;
 pub mod frame;
 pub mod rpc;
 
 pub use frame::{decode_frame, encode_frame, read_frame, FrameError, FrameReader, FRAME_BYTES_MAX, FRAME_HEADER_BYTES};
+pub use channel::{ChannelConfig, ChannelError, DataReceiver, DataSender};
 pub use rpc::{serve, RpcClient, RpcConfig, RpcError};

@@ -395,6 +395,12 @@ mod tests {
         SocketAddr::new(SERVER_IP.parse().unwrap(), PORT)
     }
 
+    fn sim_runtime(seed: u64) -> Runtime {
+        let mut rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
+        rt.set_time_limit(Duration::from_secs(120));
+        rt
+    }
+
     fn node(name: &str, ip: &str) -> NodeHandle {
         Handle::current().create_node().name(name).ip(ip.parse::<IpAddr>().unwrap()).build()
     }
@@ -435,7 +441,7 @@ mod tests {
 
     #[test]
     fn pipelined_calls_get_their_own_responses_and_respect_in_flight_max() {
-        let rt = Runtime::with_seed_and_config(1, madsim::Config::default());
+        let rt = sim_runtime(1);
         rt.block_on(async {
             let concurrent_max = Arc::new(AtomicUsize::new(0));
             let _server = doubling_server(concurrent_max.clone());
@@ -473,7 +479,7 @@ mod tests {
 
     #[test]
     fn a_call_to_a_partitioned_server_times_out_and_works_again_after_unclog() {
-        let rt = Runtime::with_seed_and_config(2, madsim::Config::default());
+        let rt = sim_runtime(2);
         rt.block_on(async {
             let server = doubling_server(Arc::new(AtomicUsize::new(0)));
             let client_node = node("client", CLIENT_IP);
@@ -506,7 +512,7 @@ mod tests {
 
     #[test]
     fn a_killed_server_fails_calls_and_a_restarted_one_serves_again() {
-        let rt = Runtime::with_seed_and_config(3, madsim::Config::default());
+        let rt = sim_runtime(3);
         rt.block_on(async {
             let server = doubling_server(Arc::new(AtomicUsize::new(0)));
             let client_node = node("client", CLIENT_IP);
@@ -535,7 +541,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_frame_closes_the_server_connection_without_a_panic() {
-        let rt = Runtime::with_seed_and_config(4, madsim::Config::default());
+        let rt = sim_runtime(4);
         rt.block_on(async {
             let _server = doubling_server(Arc::new(AtomicUsize::new(0)));
             let client_node = node("client", CLIENT_IP);
@@ -576,7 +582,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_response_fails_the_call_and_the_next_call_reconnects() {
-        let rt = Runtime::with_seed_and_config(5, madsim::Config::default());
+        let rt = sim_runtime(5);
         rt.block_on(async {
             // A server that answers its first connection with garbage, later ones properly.
             let _server = Handle::current()
@@ -602,6 +608,29 @@ mod tests {
                 })
                 .await
                 .unwrap();
+        });
+    }
+}
+
+#[cfg(all(test, not(madsim)))]
+mod real_tests {
+    use super::*;
+
+    #[test]
+    fn a_round_trip_over_loopback_tcp() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = tokio::spawn(serve(listener, |s: String| async move { s.to_uppercase() }));
+            let client = RpcClient::<String, String>::new(addr, RpcConfig::default());
+            let calls: Vec<_> = ["a", "bc", "def"].iter().map(|s| client.call(s.to_string())).collect();
+            let mut got = Vec::new();
+            for c in calls {
+                got.push(c.await.unwrap());
+            }
+            assert_eq!(got, vec!["A", "BC", "DEF"]);
+            server.abort();
         });
     }
 }
