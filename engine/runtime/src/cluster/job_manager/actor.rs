@@ -93,6 +93,17 @@ struct TmEntry {
     outbox: Outbox,
     /// The newest attempt a `Cancel` was queued for.
     cancelled_up_to: AttemptId,
+    /// When it last registered or sent a heartbeat.
+    last_heartbeat_ms: u64,
+    /// When a call to it last failed at the RPC level (unreachable, reset, timed out): it gets
+    /// no slots until it heartbeats after that.
+    unreachable_at_ms: Option<u64>,
+}
+
+impl TmEntry {
+    fn reachable(&self) -> bool {
+        self.unreachable_at_ms.is_none_or(|at| self.last_heartbeat_ms > at)
+    }
 }
 
 /// The job manager's state (see the module documentation).
@@ -490,6 +501,9 @@ impl JobMaster {
         match self.tms.get(&tm) {
             Some(e) if incarnation < e.incarnation => return JmResponse::Stale,
             Some(e) if incarnation == e.incarnation && e.ip == ip && e.slots == slots => {
+                if let Some(e) = self.tms.get_mut(&tm) {
+                    e.last_heartbeat_ms = now;
+                }
                 let was_alive = self.heartbeats.is_alive(tm);
                 let _ = self.heartbeats.register(tm, now);
                 if !was_alive {
@@ -510,7 +524,7 @@ impl JobMaster {
         }
         let outbox = Outbox::spawn(tm, incarnation, ip, self.config.rpc.clone(), self.fence.clone(), self.replies_tx.clone());
         let cancelled_up_to = self.tms.get(&tm).map_or(AttemptId(0), |e| e.cancelled_up_to);
-        self.tms.insert(tm, TmEntry { incarnation, ip, slots, outbox, cancelled_up_to });
+        self.tms.insert(tm, TmEntry { incarnation, ip, slots, outbox, cancelled_up_to, last_heartbeat_ms: now, unreachable_at_ms: None });
         tracing::info!(event = "tm_registered", tm = tm.0, incarnation, slots);
         if restarted_host && self.hosts_current_attempt(tm) {
             self.failover(now, format!("{tm} restarted (incarnation {incarnation}); its subtasks died with the old one"));
@@ -528,6 +542,7 @@ impl JobMaster {
         if incarnation > e.incarnation || !self.heartbeats.on_heartbeat(tm, now) {
             return JmResponse::RegisterAgain;
         }
+        e.last_heartbeat_ms = now;
         // A task manager still running an attempt that is over: cancel it (once per attempt).
         if let Some(a) = running_attempt {
             if Some(a) != current && e.cancelled_up_to < a {
@@ -543,7 +558,7 @@ impl JobMaster {
 
     fn try_deploy(&mut self, now: u64) {
         let offers: Vec<(TaskManagerId, u32)> =
-            self.tms.iter().filter(|(id, _)| self.heartbeats.is_alive(**id)).map(|(id, e)| (*id, e.slots)).collect();
+            self.tms.iter().filter(|(id, e)| self.heartbeats.is_alive(**id) && e.reachable()).map(|(id, e)| (*id, e.slots)).collect();
         let Some(job) = &mut self.job else { return };
         if job.phase != Phase::WaitingForSlots || job.persisting.is_some() {
             // A metadata write in flight decides the restore point: its outcome re-runs this.
@@ -562,7 +577,7 @@ impl JobMaster {
     /// `ha/job` names `attempt` as used: deploy it on `slots`.
     fn start_attempt(&mut self, now: u64, attempt: AttemptId, slots: Vec<TaskManagerId>) {
         let Some(job) = &mut self.job else { return };
-        if slots.iter().any(|tm| !self.heartbeats.is_alive(*tm)) {
+        if slots.iter().any(|tm| !self.heartbeats.is_alive(*tm) || !self.tms[tm].reachable()) {
             job.phase = Phase::WaitingForSlots;
             self.try_deploy(now);
             return;
@@ -887,6 +902,11 @@ impl JobMaster {
 
     fn on_tm_reply(&mut self, reply: TmReply) {
         let now = self.now_ms();
+        if reply.result.is_err() {
+            if let Some(e) = self.tms.get_mut(&reply.tm).filter(|e| e.incarnation == reply.incarnation) {
+                e.unreachable_at_ms = Some(now);
+            }
+        }
         let current = self.running_attempt();
         if current != Some(reply.attempt) {
             return;
