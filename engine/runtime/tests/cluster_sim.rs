@@ -173,11 +173,16 @@ async fn start(job: &str, seed: u64, task_managers: u32, parallelism: u32, lines
 
 impl World {
     async fn feed(&self) {
+        self.feed_every(Duration::from_millis(50)).await
+    }
+
+    /// Writes the input in `WAVES` waves, `gap` apart. Each wave is a multiple of the partitions
+    /// long, so round-robin placement per wave is round-robin placement overall.
+    async fn feed_every(&self, gap: Duration) {
         let per_wave = self.lines.len().div_ceil(WAVES);
         for wave in self.lines.chunks(per_wave) {
-            // Keep round-robin placement global: pad each wave to a multiple of the partitions.
             let _ = self.cluster.produce_lines("lines", INPUT_PARTITIONS, wave.to_vec()).await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(gap).await;
         }
     }
 
@@ -311,15 +316,16 @@ fn records_flow_while_a_snapshot_write_is_slow() {
             let lines = input_lines(seed, lines_per_wave_multiple(3_000));
             with_trace(&events.clone(), async move {
                 let world = start("word-count", seed, 2, 2, lines, events.clone()).await;
-                world.cluster.blob_faults.set_put_latency_ms(2_000);
-                let feed = world.feed();
+                // Slow, but below the RPC call timeout (1 s), so the puts succeed late.
+                world.cluster.blob_faults.set_put_latency_ms(800);
+                let feed = world.feed_every(Duration::from_millis(300));
                 let observe = async {
-                    // While the first snapshot writes are outstanding (2 s each), the sinks keep
+                    // While the first snapshot writes are outstanding (0.8 s each), the sinks keep
                     // writing into their open transactions: uncommitted output grows.
                     wait_for(&events, "snapshot_taken", 1).await;
                     let written_before = events.count("snapshot_written");
                     let a = uncommitted(&world.cluster).await;
-                    tokio::time::sleep(Duration::from_millis(600)).await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                     let b = uncommitted(&world.cluster).await;
                     assert_eq!(events.count("snapshot_written"), written_before, "the slow write finished too early for this test to show anything");
                     assert!(b > a, "no records flowed during a slow snapshot write: {a} -> {b}");

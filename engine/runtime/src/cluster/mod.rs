@@ -16,8 +16,8 @@
 pub mod job_manager;
 pub mod jobs;
 pub mod protocol;
-// `sim.rs` (the SimCluster harness) is switched on once both node entry points exist:
-// #[cfg(madsim)] pub mod sim;
+#[cfg(madsim)]
+pub mod sim;
 pub mod task_manager;
 
 /// The job manager's RPC port.
