@@ -154,10 +154,13 @@ impl JobMaster {
         let (gc_tx, gc_task) = GcWorker::spawn(blob.clone());
         let (replies_tx, replies_rx) = mpsc::unbounded_channel();
         let heartbeats = HeartbeatMonitor::new(config.heartbeat_timeout_ms).expect("run_job_manager checked the timeout");
+        // tokio's clock: virtual under madsim.
+        #[allow(clippy::disallowed_methods)]
+        let started = Instant::now();
         JobMaster {
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             config,
-            started: Instant::now(),
+            started,
             blob,
             ha_tx,
             gc_tx,
@@ -225,20 +228,35 @@ impl JobMaster {
         };
         let name = match String::from_utf8(name) {
             Ok(n) => n,
-            Err(_) => return Ok(self.recovery_failed("the current-job key is not UTF-8".into())),
+            Err(_) => {
+                self.recovery_failed("the current-job key is not UTF-8".into());
+                return Ok(());
+            }
         };
         let record = match read(ha::ha_job_key(&name)).await {
             Ok(Some(bytes)) => match HaJobRecord::from_bytes(&bytes) {
                 Ok(r) => r,
-                Err(e) => return Ok(self.recovery_failed(format!("{}: {e}", ha::ha_job_key(&name)))),
+                Err(e) => {
+                self.recovery_failed(format!("{}: {e}", ha::ha_job_key(&name)));
+                return Ok(());
+            }
             },
-            Ok(None) => return Ok(self.recovery_failed(format!("{} is missing", ha::ha_job_key(&name)))),
-            Err((key, e @ crate::blob::BlobError::Corrupt { .. })) => return Ok(self.recovery_failed(format!("{key}: {e}"))),
+            Ok(None) => {
+                self.recovery_failed(format!("{} is missing", ha::ha_job_key(&name)));
+                return Ok(());
+            }
+            Err((key, e @ crate::blob::BlobError::Corrupt { .. })) => {
+                self.recovery_failed(format!("{key}: {e}"));
+                return Ok(());
+            }
             Err(e) => return Err(fatal(e)),
         };
         let (topology, plan, _) = match build_job(&self.config, &record.spec) {
             Ok(b) => b,
-            Err(e) => return Ok(self.recovery_failed(e)),
+            Err(e) => {
+                self.recovery_failed(e);
+                return Ok(());
+            }
         };
         let backoff = RestartBackoff::with_current_attempt(record.spec.restart.clone(), AttemptId(record.next_attempt.0.saturating_sub(1)))
             .map_err(|e| io::Error::other(e.to_string()))?;
