@@ -22,21 +22,25 @@ fn broker_addr() -> SocketAddr {
 }
 
 /// Runs `f` under a fresh runtime with `seed` on a fresh thread; reports the seed on failure.
-fn sim<F, Fut>(seed: u64, f: F)
+fn sim<T, F, Fut>(seed: u64, f: F) -> T
 where
+    T: Send + 'static,
     F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + 'static,
+    Fut: Future<Output = T> + 'static,
 {
     #[allow(clippy::disallowed_methods)] // a fresh OS thread per simulation (MADSIM.md)
     let outcome = std::thread::spawn(move || {
         let mut rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
         rt.set_time_limit(Duration::from_secs(600));
-        rt.block_on(f());
+        rt.block_on(f())
     })
     .join();
-    if let Err(panic) = outcome {
-        eprintln!("failed with seed {seed}");
-        std::panic::resume_unwind(panic);
+    match outcome {
+        Ok(value) => value,
+        Err(panic) => {
+            eprintln!("failed with seed {seed}: run this seed alone to reproduce");
+            std::panic::resume_unwind(panic);
+        }
     }
 }
 
@@ -124,6 +128,18 @@ async fn create_topic(c: &BrokerClient, partitions: u32) {
 #[test]
 fn acknowledged_writes_survive_kill_restart_and_unacknowledged_ones_are_absent_or_complete() {
     for seed in seeds(1) {
+        crash_scenario(seed);
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_log() {
+    assert_eq!(crash_scenario(7), crash_scenario(7));
+}
+
+/// Three writers (idempotent batches and plain records) against a broker that suffers disk
+/// fault spells and four kill/torn-tail/restart cycles; checks the log and returns it.
+fn crash_scenario(seed: u64) -> Vec<(Offset, String)> {
         sim(seed, move || async move {
             let disk = SimDisk::new();
             disk.set_faults(DiskFaults { latency_ms: 1, ..DiskFaults::default() });
@@ -158,8 +174,20 @@ fn acknowledged_writes_survive_kill_restart_and_unacknowledged_ones_are_absent_o
                 }));
             }
             let crashes = 4;
+            let normal = DiskFaults { latency_ms: 1, ..DiskFaults::default() };
             for _ in 0..crashes {
                 tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(100..600))).await;
+                // A spell of failing writes or fsyncs first: answers become Io errors, the
+                // broker rebuilds from disk, the producers retry.
+                let failing = if thread_rng().gen_bool(0.5) {
+                    DiskFaults { fail_fsyncs: true, ..normal }
+                } else {
+                    DiskFaults { fail_writes: true, ..normal }
+                };
+                disk.set_faults(failing);
+                tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(10..100))).await;
+                disk.set_faults(normal);
+                tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(0..100))).await;
                 crash_and_restart(&broker, &disk);
             }
             for w in writers {
@@ -196,8 +224,8 @@ fn acknowledged_writes_survive_kill_restart_and_unacknowledged_ones_are_absent_o
             let failed_plain = attempted.len() - acked_plain.lock().unwrap().len();
             let lost_unacked = attempted.iter().filter(|v| !acked_plain.lock().unwrap().contains_key(*v) && !seen.contains_key(*v)).count();
             eprintln!("seed {seed}: log {} records, unacknowledged plain {failed_plain} (absent {lost_unacked})", log.len());
-        });
-    }
+            log
+        })
 }
 
 #[test]

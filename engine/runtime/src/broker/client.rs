@@ -190,13 +190,17 @@ pub struct Producer {
     transactional_id: Option<String>,
     sequences: BTreeMap<(String, PartitionId), u32>,
     retry: RetryPolicy,
+    /// Set when a send gave up with its outcome unknown: reusing its sequence for other
+    /// records could be mistaken for a retry, so the producer refuses to send again (Kafka
+    /// likewise makes such an error fatal for the producer).
+    poisoned: bool,
 }
 
 impl Producer {
     /// An idempotent producer with a fresh producer id.
     pub async fn idempotent(client: BrokerClient, retry: RetryPolicy) -> Result<Self, BrokerError> {
         let (producer_id, epoch) = with_retries(retry, || client.init_producer_id()).await?;
-        Ok(Producer { client, producer_id, epoch, transactional_id: None, sequences: BTreeMap::new(), retry })
+        Ok(Producer { client, producer_id, epoch, transactional_id: None, sequences: BTreeMap::new(), retry, poisoned: false })
     }
 
     /// A transactional producer: `init_transactions` (fencing every older producer of the id).
@@ -215,13 +219,14 @@ impl Producer {
             transactional_id: Some(transactional_id.to_string()),
             sequences: BTreeMap::new(),
             retry,
+            poisoned: false,
         })
     }
 
     /// Resumes a transactional producer whose id and epoch a snapshot recorded (to commit its
     /// prepared transaction after a restore, as Flink's `FlinkKafkaInternalProducer` does).
     pub fn resume(client: BrokerClient, transactional_id: &str, producer_id: ProducerId, epoch: ProducerEpoch, retry: RetryPolicy) -> Self {
-        Producer { client, producer_id, epoch, transactional_id: Some(transactional_id.to_string()), sequences: BTreeMap::new(), retry }
+        Producer { client, producer_id, epoch, transactional_id: Some(transactional_id.to_string()), sequences: BTreeMap::new(), retry, poisoned: false }
     }
 
     /// The producer id and epoch.
@@ -231,14 +236,24 @@ impl Producer {
 
     /// Appends a batch (into the open transaction, for a transactional producer); returns the
     /// first record's offset. Retries keep the batch's sequence, so they never duplicate.
+    ///
+    /// If the retries run out with the outcome unknown, the producer is poisoned: every later
+    /// `send` fails with `InvalidRequest`, and the caller must create a new producer.
     pub async fn send(&mut self, topic: &str, partition: PartitionId, records: Vec<Record>) -> Result<Offset, BrokerError> {
+        if self.poisoned {
+            return Err(BrokerError::InvalidRequest("producer poisoned: an earlier send's outcome is unknown".into()));
+        }
         let key = (topic.to_string(), partition);
         let base_sequence = self.sequences.get(&key).copied().unwrap_or(0);
         let count = u32::try_from(records.len()).map_err(|_| BrokerError::InvalidRequest("too many records".into()))?;
         let stamp = Some(ProducerStamp { producer_id: self.producer_id, epoch: self.epoch, base_sequence });
         let tid = self.transactional_id.as_deref();
         let client = &self.client;
-        let (offset, _) = with_retries(self.retry, || client.produce_with(topic, partition, stamp, tid, records.clone())).await?;
+        let answer = with_retries(self.retry, || client.produce_with(topic, partition, stamp, tid, records.clone())).await;
+        if answer.as_ref().is_err_and(BrokerError::is_retriable) {
+            self.poisoned = true;
+        }
+        let (offset, _) = answer?;
         self.sequences.insert(key, base_sequence.wrapping_add(count));
         Ok(offset)
     }

@@ -21,18 +21,35 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+/// Recovery attempts (e.g. while the disk fails writes) before the server gives up.
+pub const RECOVERY_ATTEMPTS_MAX: u32 = 600;
+
+/// Pause between recovery attempts, in milliseconds.
+const RECOVERY_RETRY_BACKOFF_MS: u64 = 100;
+
 /// What a handler sends to the broker task.
 type Queued = (BrokerRequest, oneshot::Sender<Result<BrokerResponse, BrokerError>>);
 
 /// What the server answers on the wire.
 pub type WireResponse = Result<BrokerResponse, BrokerError>;
 
-/// Recovers the broker from `disk`, listens on `addr` and serves until the task is dropped (a
+/// Recovers the broker from `disk` (retrying up to [`RECOVERY_ATTEMPTS_MAX`] times), listens on `addr` and serves until the task is dropped (a
 /// killed node) or the listener fails for good.
 pub async fn run_broker_server<D: Disk>(addr: SocketAddr, disk: D, config: BrokerConfig) -> io::Result<()> {
     #[allow(clippy::disallowed_methods)] // tokio::time::Instant: virtual time under madsim
     let started = Instant::now();
-    let (broker, report) = Broker::open(disk, config.clone(), 0).await.map_err(io::Error::other)?;
+    let mut attempts = 0u32;
+    let (broker, report) = loop {
+        attempts += 1;
+        match Broker::open(disk.clone(), config.clone(), elapsed_ms(started)).await {
+            Ok(opened) => break opened,
+            Err(e) if attempts < RECOVERY_ATTEMPTS_MAX => {
+                tracing::warn!(error = %e, attempts, "broker recovery failed; retrying");
+                tokio::time::sleep(Duration::from_millis(RECOVERY_RETRY_BACKOFF_MS)).await;
+            }
+            Err(e) => return Err(io::Error::other(e)),
+        }
+    };
     tracing::info!(%addr, ?report, "broker recovered");
     let listener = TcpListener::bind(addr).await?;
     serve_on(listener, broker, config, started).await

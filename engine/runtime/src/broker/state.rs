@@ -47,8 +47,9 @@ use super::protocol::*;
 use floe_core::ids::{Offset, PartitionId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-/// The broker's configuration: timeouts and every bound.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The broker's configuration: timeouts and every bound. Serde with defaults for missing fields.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct BrokerConfig {
     /// The default transaction timeout (Kafka's client default `transaction.timeout.ms` is 60 s).
     pub transaction_timeout_ms: u64,
@@ -66,6 +67,8 @@ pub struct BrokerConfig {
     pub topics_max: usize,
     /// Most partitions of one topic.
     pub partitions_per_topic_max: u32,
+    /// Most producer ids ever allocated to idempotent producers.
+    pub idempotent_producers_max: usize,
     /// Most transactional ids ever registered.
     pub transactional_ids_max: usize,
     /// Most transactions open at once.
@@ -93,6 +96,7 @@ impl Default for BrokerConfig {
             record_bytes_max: 1 << 20,
             topics_max: 1_000,
             partitions_per_topic_max: 1_024,
+            idempotent_producers_max: 1_000_000,
             transactional_ids_max: 100_000,
             open_transactions_max: 10_000,
             transaction_partitions_max: 1_024,
@@ -485,6 +489,10 @@ impl BrokerState {
                 None => Err(BrokerError::UnknownTopic { topic }),
             },
             BrokerRequest::InitProducerId => {
+                let idempotent = self.owners.len() - self.txns.len();
+                if idempotent >= self.config.idempotent_producers_max {
+                    return Err(limit("idempotent_producers_max", format!("{idempotent} producer ids")));
+                }
                 let producer_id = self.next_producer_id;
                 self.emit_meta(staged, MetaEntry::AllocateProducerId { producer_id }, now_ms);
                 Ok(BrokerResponse::ProducerId { producer_id, epoch: 0 })

@@ -8,6 +8,7 @@
 //! | [`jobs`] | jobs as Rust code registered by name (the word count, the two-shuffle job) |
 //! | [`job_manager`] | scheduling, the checkpoint coordinator, failure detection, HA recovery |
 //! | [`task_manager`] | slots, deployment, the subtask loops, data channels, sources and sinks |
+//! | `sim` | (under `--cfg madsim`) the whole cluster as madsim nodes: the world tests run jobs in |
 //!
 //! Addresses: every node has one IP; the job manager serves its RPC on [`JM_RPC_PORT`]; a task
 //! manager serves control RPC on [`TM_RPC_PORT`] and data channels on [`TM_DATA_PORT`].
@@ -15,6 +16,8 @@
 pub mod job_manager;
 pub mod jobs;
 pub mod protocol;
+// `sim.rs` (the SimCluster harness) is switched on once both node entry points exist:
+// #[cfg(madsim)] pub mod sim;
 pub mod task_manager;
 
 /// The job manager's RPC port.
