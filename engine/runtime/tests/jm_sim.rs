@@ -46,6 +46,7 @@ where
     Fut: Future<Output = ()> + 'static,
 {
     // A fresh OS thread per runtime (see MADSIM.md).
+    #[allow(clippy::disallowed_methods)]
     std::thread::spawn(move || {
         let mut rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
         rt.set_time_limit(Duration::from_secs(600));
@@ -73,6 +74,9 @@ struct FakeState {
     auto_ack: bool,
 }
 
+/// A deploy as a fake task manager saw it: (time, attempt, restored from, subtasks, locations).
+type Deploy = (u64, AttemptId, Option<CheckpointId>, Vec<SubtaskDeployment>, usize);
+
 #[derive(Clone)]
 struct FakeTm {
     id: u32,
@@ -85,7 +89,8 @@ impl FakeTm {
         self.state.lock().unwrap().requests.clone()
     }
 
-    fn deploys(&self) -> Vec<(u64, AttemptId, Option<CheckpointId>, Vec<SubtaskDeployment>, usize)> {
+    /// Every deploy: (time, attempt, restored from, subtasks, number of locations).
+    fn deploys(&self) -> Vec<Deploy> {
         self.requests()
             .into_iter()
             .filter_map(|(t, r)| match r {
@@ -185,17 +190,16 @@ async fn run_fake_tm(id: u32, incarnation: u64, slots: u32, state: Arc<Mutex<Fak
     let register = JmRequest::Register { tm, incarnation, addr: tm_ip(id), slots };
     loop {
         let running_attempt = state.lock().unwrap().deployed.as_ref().map(|d| d.0);
-        match jm.call(JmRequest::Heartbeat { tm, incarnation, running_attempt }).await {
-            Ok(JmResponse::RegisterAgain) => {
-                let _ = jm.call(register.clone()).await;
-            }
-            _ => {}
+        if let Ok(JmResponse::RegisterAgain) = jm.call(JmRequest::Heartbeat { tm, incarnation, running_attempt }).await {
+            let _ = jm.call(register.clone()).await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 fn start_world(tms: &[u32]) -> World {
+    // Virtual time under madsim.
+    #[allow(clippy::disallowed_methods)]
     let started = tokio::time::Instant::now();
     let handle = Handle::current();
     let disk = SimDisk::new();

@@ -69,8 +69,16 @@ struct Job {
     topology: Topology,
     plan: CheckpointPlan,
     phase: Phase,
+    /// The attempt the next deploy uses.
     next_attempt: AttemptId,
+    /// The id the next coordinator starts at.
     next_checkpoint_id: CheckpointId,
+    /// What the newest `ha/job` write asked for (attempts / checkpoint ids below are reserved).
+    attempts_recorded: AttemptId,
+    checkpoints_recorded: CheckpointId,
+    /// What a durable `ha/job` reserves: only ids below these may be used.
+    attempts_durable: AttemptId,
+    checkpoints_durable: CheckpointId,
     latest: Option<CheckpointMetadata>,
     backoff: RestartBackoff,
     running: Option<RunningAttempt>,
@@ -82,7 +90,17 @@ struct Job {
 
 impl Job {
     fn record(&self) -> HaJobRecord {
-        HaJobRecord { spec: self.spec.clone(), next_attempt: self.next_attempt, next_checkpoint_id: self.next_checkpoint_id }
+        HaJobRecord { spec: self.spec.clone(), next_attempt: self.attempts_recorded, next_checkpoint_id: self.checkpoints_recorded }
+    }
+
+    /// The first checkpoint id the next attempt's coordinator uses.
+    fn first_checkpoint_of_next_attempt(&self) -> CheckpointId {
+        self.next_checkpoint_id.max(self.latest.as_ref().map_or(CheckpointId::FIRST, |l| l.checkpoint_id.next()))
+    }
+
+    /// Asks the next `ha/job` write to reserve ids up to `checkpoint` + the reservation block.
+    fn reserve_checkpoints_from(&mut self, checkpoint: CheckpointId) {
+        self.checkpoints_recorded = self.checkpoints_recorded.max(CheckpointId(checkpoint.0 + ha::CHECKPOINT_IDS_RESERVED_PER_WRITE));
     }
 }
 
@@ -154,10 +172,13 @@ impl JobMaster {
         let (gc_tx, gc_task) = GcWorker::spawn(blob.clone());
         let (replies_tx, replies_rx) = mpsc::unbounded_channel();
         let heartbeats = HeartbeatMonitor::new(config.heartbeat_timeout_ms).expect("run_job_manager checked the timeout");
+        // tokio's clock: virtual under madsim.
+        #[allow(clippy::disallowed_methods)]
+        let started = Instant::now();
         JobMaster {
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             config,
-            started: Instant::now(),
+            started,
             blob,
             ha_tx,
             gc_tx,
@@ -225,20 +246,35 @@ impl JobMaster {
         };
         let name = match String::from_utf8(name) {
             Ok(n) => n,
-            Err(_) => return Ok(self.recovery_failed("the current-job key is not UTF-8".into())),
+            Err(_) => {
+                self.recovery_failed("the current-job key is not UTF-8".into());
+                return Ok(());
+            }
         };
         let record = match read(ha::ha_job_key(&name)).await {
             Ok(Some(bytes)) => match HaJobRecord::from_bytes(&bytes) {
                 Ok(r) => r,
-                Err(e) => return Ok(self.recovery_failed(format!("{}: {e}", ha::ha_job_key(&name)))),
+                Err(e) => {
+                self.recovery_failed(format!("{}: {e}", ha::ha_job_key(&name)));
+                return Ok(());
+            }
             },
-            Ok(None) => return Ok(self.recovery_failed(format!("{} is missing", ha::ha_job_key(&name)))),
-            Err((key, e @ crate::blob::BlobError::Corrupt { .. })) => return Ok(self.recovery_failed(format!("{key}: {e}"))),
+            Ok(None) => {
+                self.recovery_failed(format!("{} is missing", ha::ha_job_key(&name)));
+                return Ok(());
+            }
+            Err((key, e @ crate::blob::BlobError::Corrupt { .. })) => {
+                self.recovery_failed(format!("{key}: {e}"));
+                return Ok(());
+            }
             Err(e) => return Err(fatal(e)),
         };
         let (topology, plan, _) = match build_job(&self.config, &record.spec) {
             Ok(b) => b,
-            Err(e) => return Ok(self.recovery_failed(e)),
+            Err(e) => {
+                self.recovery_failed(e);
+                return Ok(());
+            }
         };
         let backoff = RestartBackoff::with_current_attempt(record.spec.restart.clone(), AttemptId(record.next_attempt.0.saturating_sub(1)))
             .map_err(|e| io::Error::other(e.to_string()))?;
@@ -249,6 +285,10 @@ impl JobMaster {
             phase: Phase::WaitingForSlots,
             next_attempt: record.next_attempt,
             next_checkpoint_id: record.next_checkpoint_id,
+            attempts_recorded: record.next_attempt,
+            checkpoints_recorded: record.next_checkpoint_id,
+            attempts_durable: record.next_attempt,
+            checkpoints_durable: record.next_checkpoint_id,
             latest: None,
             backoff,
             running: None,
@@ -288,6 +328,8 @@ impl JobMaster {
                 if let Some(l) = &latest {
                     job.next_checkpoint_id = job.next_checkpoint_id.max(l.checkpoint_id.next());
                 }
+                job.checkpoints_recorded = job.next_checkpoint_id;
+                job.checkpoints_durable = job.next_checkpoint_id;
                 tracing::info!(event = "jm_recovered", job = %name, latest = ?latest.as_ref().map(|l| l.checkpoint_id.0),
                     next_attempt = job.next_attempt.0, next_checkpoint = job.next_checkpoint_id.0);
                 job.latest = latest;
@@ -481,6 +523,11 @@ impl JobMaster {
             phase: Phase::Submitting,
             next_attempt: AttemptId(1),
             next_checkpoint_id: CheckpointId::FIRST,
+            // The submission's write already reserves the first attempt and a block of ids.
+            attempts_recorded: AttemptId(2),
+            checkpoints_recorded: CheckpointId(CheckpointId::FIRST.0 + ha::CHECKPOINT_IDS_RESERVED_PER_WRITE),
+            attempts_durable: AttemptId(1),
+            checkpoints_durable: CheckpointId::FIRST,
             latest: None,
             backoff,
             running: None,
@@ -567,7 +614,14 @@ impl JobMaster {
         let Some(slots) = assign_slots(&offers, job.topology.slots_needed()) else { return };
         let attempt = job.next_attempt;
         job.next_attempt = attempt.next();
-        job.phase = Phase::Deploying { attempt, slots };
+        job.phase = Phase::Deploying { attempt, slots: slots.clone() };
+        if attempt < job.attempts_durable {
+            // A durable record already reserves this attempt.
+            return self.start_attempt(now, attempt, slots);
+        }
+        job.attempts_recorded = job.attempts_recorded.max(attempt.next());
+        let first = job.first_checkpoint_of_next_attempt();
+        job.reserve_checkpoints_from(first);
         let op = HaOp::WriteJob { record: job.record(), purpose: HaJobPurpose::Deploy { attempt } };
         if self.ha_tx.try_send(op).is_err() {
             self.on_ha_done_job(now, HaJobPurpose::Deploy { attempt }, Err("the HA queue is full".into()));
@@ -588,7 +642,7 @@ impl JobMaster {
             Err(e) => return self.fail_job(now, e.to_string()),
         };
         let latest_id = job.latest.as_ref().map(|l| l.checkpoint_id);
-        job.next_checkpoint_id = job.next_checkpoint_id.max(latest_id.map_or(CheckpointId::FIRST, CheckpointId::next));
+        job.next_checkpoint_id = job.first_checkpoint_of_next_attempt();
         let coordinator =
             match CheckpointCoordinator::restored(job.spec.checkpoint, job.plan.clone(), attempt, job.latest.clone(), job.next_checkpoint_id) {
                 Ok(c) => c,
@@ -720,9 +774,24 @@ impl JobMaster {
                 CoordinatorCommand::Trigger { checkpoint_id, barrier } => {
                     tracing::info!(event = "checkpoint_triggered", attempt = attempt.0, checkpoint = checkpoint_id.0, is_final = barrier.is_final);
                     job.next_checkpoint_id = job.next_checkpoint_id.max(r.coordinator.next_checkpoint_id());
-                    let op = HaOp::WriteJob { record: job.record(), purpose: HaJobPurpose::Trigger { attempt, barrier } };
-                    if self.ha_tx.try_send(op).is_err() {
-                        queue.extend(self.decline_trigger(now, attempt, checkpoint_id, "the HA queue is full"));
+                    if checkpoint_id < job.checkpoints_durable {
+                        // A durable record reserves the id: trigger now.
+                        for (tm, sources) in &r.placement.sources_per_tm {
+                            if let Some(e) = self.tms.get(tm) {
+                                e.outbox.send(TmRequest::TriggerCheckpoint { attempt, barrier, sources: sources.clone() });
+                            }
+                        }
+                        let extension_in_flight = job.checkpoints_recorded > job.checkpoints_durable;
+                        if !extension_in_flight && checkpoint_id.0 + ha::CHECKPOINT_IDS_RESERVED_PER_WRITE / 2 >= job.checkpoints_durable.0 {
+                            job.reserve_checkpoints_from(checkpoint_id.next());
+                            let _ = self.ha_tx.try_send(HaOp::WriteJob { record: job.record(), purpose: HaJobPurpose::Reserve });
+                        }
+                    } else {
+                        job.reserve_checkpoints_from(checkpoint_id.next());
+                        let op = HaOp::WriteJob { record: job.record(), purpose: HaJobPurpose::Trigger { attempt, barrier } };
+                        if self.ha_tx.try_send(op).is_err() {
+                            queue.extend(self.decline_trigger(now, attempt, checkpoint_id, "the HA queue is full"));
+                        }
                     }
                 }
                 CoordinatorCommand::PersistMetadata { checkpoint_id, metadata } => {
@@ -779,8 +848,12 @@ impl JobMaster {
     fn on_ha_done(&mut self, done: HaDone) {
         let now = self.now_ms();
         match done {
-            HaDone::JobWritten { purpose, job, result } => {
-                if self.job.as_ref().is_some_and(|j| j.spec.name == job) {
+            HaDone::JobWritten { purpose, job, next_attempt, next_checkpoint_id, result } => {
+                if let Some(j) = self.job.as_mut().filter(|j| j.spec.name == job) {
+                    if result.is_ok() {
+                        j.attempts_durable = j.attempts_durable.max(next_attempt);
+                        j.checkpoints_durable = j.checkpoints_durable.max(next_checkpoint_id);
+                    }
                     self.on_ha_done_job(now, purpose, result.map_err(|e| e.to_string()));
                 }
             }
@@ -848,6 +921,12 @@ impl JobMaster {
                         tracing::warn!(attempt = attempt.0, error = %e, "could not record the attempt; deploy retried later");
                         job.phase = Phase::Restarting { at_ms: now + DEPLOY_RETRY_DELAY_MS };
                     }
+                }
+            }
+            HaJobPurpose::Reserve => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "could not reserve checkpoint ids ahead; the next trigger writes");
+                    job.checkpoints_recorded = job.checkpoints_durable.max(job.next_checkpoint_id);
                 }
             }
             HaJobPurpose::Trigger { attempt, barrier } => {

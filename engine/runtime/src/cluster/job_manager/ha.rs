@@ -7,7 +7,7 @@
 //! | key | what | written |
 //! |---|---|---|
 //! | `_jm/current` | the current job's name (UTF-8) | at submission |
-//! | `{job}/ha/job` | [`HaJobRecord`]: the spec, `next_attempt`, `next_checkpoint_id` | before a deploy, before each trigger |
+//! | `{job}/ha/job` | [`HaJobRecord`]: the spec, `next_attempt`, `next_checkpoint_id` | at submission, before a deploy, before a trigger whose id is not yet reserved |
 //! | `{job}/chk-{n}/_metadata` | `CheckpointMetadata::to_bytes()` | when every subtask acknowledged `n` |
 //! | `{job}/ha/latest` | the key of the latest completed checkpoint's metadata (UTF-8) | after the metadata |
 //! | `{job}/ha/finished` | the final checkpoint's id (UTF-8 decimal) | once the job finished |
@@ -39,6 +39,8 @@ pub const HA_JOB_MAGIC: [u8; 4] = *b"FLHJ";
 /// The envelope version of an [`HaJobRecord`].
 pub const HA_JOB_VERSION: u16 = 1;
 
+/// Checkpoint ids one `ha/job` write reserves beyond the next one.
+pub const CHECKPOINT_IDS_RESERVED_PER_WRITE: u64 = 16;
 /// Attempts of one HA write (ha/job, the current-job key, the finished marker) before it is
 /// reported as failed.
 pub const HA_WRITE_ATTEMPTS_MAX: u32 = 8;
@@ -95,6 +97,11 @@ pub fn checkpoint_of_key(job: &str, key: &str) -> Option<CheckpointId> {
 
 /// What `{job}/ha/job` holds: enough to resubmit the job and never reuse an attempt or a
 /// checkpoint id (Flink's `JobGraphStore` entry + `CheckpointIDCounter`).
+///
+/// The job manager reserves ids ahead: an attempt or checkpoint id is used only once a durable
+/// record lies above it, so after a crash the ids in the record are fresh (ids may skip; they
+/// never repeat). Checkpoint ids are reserved [`CHECKPOINT_IDS_RESERVED_PER_WRITE`] at a time,
+/// so a trigger rarely waits for a write.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HaJobRecord {
     /// The job.
@@ -127,6 +134,8 @@ pub enum HaJobPurpose {
         /// The attempt.
         attempt: AttemptId,
     },
+    /// A background reservation of further checkpoint ids (nothing waits on it).
+    Reserve,
     /// A trigger: send the barrier to the sources.
     Trigger {
         /// The attempt.
@@ -180,6 +189,10 @@ pub enum HaDone {
         purpose: HaJobPurpose,
         /// The record's job name.
         job: String,
+        /// The record's `next_attempt`.
+        next_attempt: AttemptId,
+        /// The record's `next_checkpoint_id`.
+        next_checkpoint_id: CheckpointId,
         /// The outcome.
         result: Result<(), BlobError>,
     },
@@ -241,7 +254,7 @@ async fn run_op(blob: &BlobClient, op: HaOp) -> HaDone {
                 Ok(())
             }
             .await;
-            HaDone::JobWritten { purpose, job, result }
+            HaDone::JobWritten { purpose, job, next_attempt: record.next_attempt, next_checkpoint_id: record.next_checkpoint_id, result }
         }
         HaOp::PersistMetadata { attempt, job, metadata } => {
             let checkpoint = metadata.checkpoint_id;

@@ -11,7 +11,8 @@
 //!   order, deploy with the restore assignment of the latest completed checkpoint. `ha/job` with
 //!   the bumped attempt is durable before any `Deploy` leaves.
 //! * **Checkpoints**: floe-core's coordinator decides; the job manager carries out its commands.
-//!   A trigger leaves only after `ha/job` records the id as used; a checkpoint completes only after
+//!   A trigger leaves only once a durable `ha/job` reserves its id (ids are reserved a block at a
+//!   time, so a slow blob store does not hold up every trigger); a checkpoint completes only after
 //!   `_metadata` and then `ha/latest` are durable ([`ha`]).
 //! * **Failure detection**: heartbeat timeouts, `SubtaskFailed`, a task manager re-registering
 //!   with a new incarnation, a refused or failed deploy, too many failed checkpoints. Failover is

@@ -183,8 +183,9 @@ mod tests {
 
     #[test]
     fn slots_are_taken_in_task_manager_then_slot_order() {
-        // (offers, needed, expected)
-        let cases: &[(&[(TaskManagerId, u32)], u32, Option<&[TaskManagerId]>)] = &[
+        /// (offers, needed, expected)
+        type Case<'a> = (&'a [(TaskManagerId, u32)], u32, Option<&'a [TaskManagerId]>);
+        let cases: &[Case] = &[
             (&[], 1, None),
             (&[(tm(0), 1)], 2, None),
             (&[(tm(2), 1), (tm(0), 1)], 2, Some(&[tm(0), tm(2)])),
