@@ -220,6 +220,7 @@ fn with_trace<F: Future<Output = ()>>(events: &Events, f: F) -> impl Future<Outp
     }
 }
 
+#[allow(clippy::too_many_arguments, reason = "a test table row, spelled out")]
 fn scenario(test: &'static str, job: &'static str, first_seed: u64, count: u64, task_managers: u32, parallelism: u32, lines: usize, faults: fn(&World) -> std::pin::Pin<Box<dyn Future<Output = ()> + '_>>) {
     for seed in seeds(first_seed, count) {
         sim(test, seed, move || {

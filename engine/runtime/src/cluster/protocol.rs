@@ -153,6 +153,7 @@ pub struct SubtaskDeployment {
 
 /// What the job manager asks of a task manager.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant, reason = "a Deploy is sent once per attempt; boxing buys nothing")]
 pub enum TmRequest {
     /// Run these subtasks of this attempt. Cancels every subtask of an older attempt first.
     Deploy {

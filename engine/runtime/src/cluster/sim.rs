@@ -326,6 +326,7 @@ impl SimCluster {
     }
 
     /// Polls the status every 100 ms until the job finished or failed, or `timeout` passes.
+    #[allow(clippy::disallowed_methods, reason = "tokio's clock is madsim's virtual clock here")]
     pub async fn wait_for_end(&self, timeout: Duration) -> Option<JobStatusReport> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last = None;
