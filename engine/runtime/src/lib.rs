@@ -10,8 +10,10 @@
 //! | [`transport`] | checksummed frames over TCP, credit-based flow control, heartbeats, RPC |
 //! | [`broker`] | a Kafka-like broker: partitioned logs, idempotent producers, transactions |
 //! | [`blob`] | an S3-like blob store for checkpoint data and metadata |
+//! | [`cluster`] | the job manager and task managers: deploy, checkpoint, commit, fail over |
 
 pub mod blob;
 pub mod broker;
+pub mod cluster;
 pub mod disk;
 pub mod transport;

@@ -8,8 +8,9 @@
 
 use crate::codec::{self, CodecError};
 use crate::element::Watermark;
-use crate::ids::CheckpointId;
+use crate::ids::{CheckpointId, Offset, PartitionId};
 use crate::key_groups::{key_group_for_key, operator_index_for_key_group, Key};
+use crate::operator::source::SourceReader;
 use crate::operator::{Data, Operator, OperatorContext, OperatorError, OperatorResult};
 use std::any::Any;
 use std::sync::Arc;
@@ -51,6 +52,49 @@ pub trait DynOperator: Send {
     fn notify_checkpoint_aborted(&mut self, ctx: &mut OperatorContext<'_>, id: CheckpointId) -> OperatorResult;
     /// See [`Operator::end_of_input`]; returns the output batch.
     fn end_of_input(&mut self, ctx: &mut OperatorContext<'_>) -> Result<AnyBatch, OperatorError>;
+    /// The source reader behind this operator, if it is one: the host feeds it fetched records.
+    fn as_source(&mut self) -> Option<&mut dyn DynSource> {
+        None
+    }
+}
+
+/// A [`SourceReader`] behind an object-safe trait: what a host needs to carry out its
+/// [`crate::operator::SourceCommand`]s (the reader's `Operator` side goes through [`DynOperator`]).
+pub trait DynSource {
+    /// See [`SourceReader::on_fetched`]; returns the decoded records as a batch of the reader's type.
+    fn on_fetched(&mut self, ctx: &mut OperatorContext<'_>, partition: PartitionId, from: Offset, records: Vec<(Offset, Vec<u8>)>) -> Result<AnyBatch, OperatorError>;
+    /// See [`SourceReader::on_fetch_failed`].
+    fn on_fetch_failed(&mut self, partition: PartitionId, from: Offset);
+    /// See [`SourceReader::request_fetches`].
+    fn request_fetches(&mut self, ctx: &mut OperatorContext<'_>);
+    /// See [`SourceReader::is_end_of_input`].
+    fn is_end_of_input(&self) -> bool;
+    /// See [`SourceReader::records_emitted`].
+    fn records_emitted(&self) -> u64;
+}
+
+impl<T: Data> DynSource for SourceReader<T> {
+    fn on_fetched(&mut self, ctx: &mut OperatorContext<'_>, partition: PartitionId, from: Offset, records: Vec<(Offset, Vec<u8>)>) -> Result<AnyBatch, OperatorError> {
+        let mut out: Vec<T> = Vec::new();
+        SourceReader::on_fetched(self, ctx, partition, from, records, &mut out)?;
+        Ok(Box::new(out))
+    }
+
+    fn on_fetch_failed(&mut self, partition: PartitionId, from: Offset) {
+        SourceReader::on_fetch_failed(self, partition, from);
+    }
+
+    fn request_fetches(&mut self, ctx: &mut OperatorContext<'_>) {
+        SourceReader::request_fetches(self, ctx);
+    }
+
+    fn is_end_of_input(&self) -> bool {
+        SourceReader::is_end_of_input(self)
+    }
+
+    fn records_emitted(&self) -> u64 {
+        SourceReader::records_emitted(self)
+    }
 }
 
 /// Erases an [`Operator`].
@@ -103,6 +147,11 @@ impl<O: Operator> DynOperator for Erased<O> {
         let mut out: Vec<O::Out> = Vec::new();
         self.0.end_of_input(ctx, &mut out)?;
         Ok(Box::new(out))
+    }
+
+    fn as_source(&mut self) -> Option<&mut dyn DynSource> {
+        // A source's output type is its reader's record type, so this finds every `SourceReader`.
+        (&mut self.0 as &mut dyn Any).downcast_mut::<SourceReader<O::Out>>().map(|reader| reader as &mut dyn DynSource)
     }
 }
 
@@ -263,6 +312,32 @@ mod tests {
                 assert_eq!(*owner.entry(w.clone()).or_insert(*t), *t, "{w} went to two targets");
             }
         }
+    }
+
+    #[test]
+    fn only_a_source_reader_is_reachable_as_a_source() {
+        use crate::ids::{AttemptId, SubtaskIndex};
+        use crate::operator::map::MapOperator;
+        use crate::operator::source::SourceSpec;
+        use crate::operator::OperatorCommand;
+        use crate::state::OperatorStateStore;
+        fn decode(bytes: &[u8]) -> Result<String, String> {
+            String::from_utf8(bytes.to_vec()).map_err(|e| e.to_string())
+        }
+        let mut map: Box<dyn DynOperator> = Box::new(Erased(MapOperator::new(|s: String| s.len())));
+        assert!(map.as_source().is_none());
+        let reader = SourceReader::new(SourceSpec::bounded("in", &[2]), decode).unwrap();
+        let mut source: Box<dyn DynOperator> = Box::new(Erased(reader));
+        let (mut store, mut commands) = (OperatorStateStore::new(), Vec::new());
+        let mut ctx = OperatorContext { now_ms: 0, subtask: SubtaskIndex(0), parallelism: 1, attempt: AttemptId(1), keyed: None, operator_state: &mut store, commands: &mut commands };
+        source.initialize_state(&mut ctx, None).unwrap();
+        let dyn_source = source.as_source().expect("a source reader is a source");
+        assert!(!dyn_source.is_end_of_input());
+        let batch = dyn_source.on_fetched(&mut ctx, PartitionId(0), Offset(0), vec![(Offset(0), b"a".to_vec()), (Offset(1), b"b".to_vec())]).unwrap();
+        assert_eq!(*batch.downcast::<Vec<String>>().unwrap(), vec!["a".to_string(), "b".to_string()]);
+        assert!(dyn_source.is_end_of_input());
+        assert_eq!(dyn_source.records_emitted(), 2);
+        assert!(matches!(commands[0], OperatorCommand::Source(_)), "initialize_state issued the first fetch");
     }
 
     #[test]

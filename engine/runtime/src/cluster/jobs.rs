@@ -1,0 +1,297 @@
+//! Jobs are Rust code registered by name — the same binary runs on every node, as a Flink jar
+//! does. A [`JobSpec`] names the job and its parameters; every node builds the same
+//! [`JobGraph`] (and so the same execution graph) from it.
+//!
+//! Built in:
+//!
+//! * **`word-count`** — Flink's classic stateful word count: lines → words (lower-cased, split on
+//!   non-alphanumerics) → `key_by(word)` → [`RunningCount`] (a `ValueState<u64>` per word)
+//!   emitting `(word, running_count)` → two-phase-commit sink. Exactly-once means: for each word
+//!   `w` seen `n` times, the committed output holds `(w,1), (w,2), …, (w,n)`, each exactly once,
+//!   in order, and nothing else.
+//! * **`two-shuffle`** — the word count followed by a second shuffle: `key_by(count % BUCKETS)` →
+//!   [`SumByBucket`] emitting `(bucket, word, count, bucket_running_sum)`. Alignment then spans
+//!   many channels and two chained shuffles. Exactly-once means: every `(word, k)` for
+//!   `k in 1..=n_w` appears exactly once, in bucket `k % BUCKETS`, and within a bucket the
+//!   running sums go up by exactly each record's count, in output order.
+
+use floe_core::codec;
+use floe_core::coordinator::CheckpointConfig;
+use floe_core::element::CheckpointingMode;
+use floe_core::failover::RestartStrategy;
+use floe_core::graph::{GraphError, JobGraph, StreamEnvironment};
+use floe_core::ids::{Offset, PartitionId};
+use floe_core::operator::keyed_process::{KeyedContext, KeyedProcessFunction, RunningCount};
+use floe_core::operator::sink::{SinkMode, TwoPhaseCommitSinkWriter};
+use floe_core::operator::source::{SourceReader, SourceSpec};
+use floe_core::operator::{OperatorError, OperatorResult};
+use floe_core::state::{KeyedStateBackend, ValueState, ValueStateDescriptor};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The buckets of the two-shuffle job's second `key_by`.
+pub const BUCKETS: u64 = 8;
+
+/// A job to run: which registered job, and its parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The registered job's name (`word-count`, `two-shuffle`, ...).
+    pub job: String,
+    /// This run's name: prefixes its checkpoint blobs and its sinks' transactional ids.
+    pub name: String,
+    /// The input topic.
+    pub input_topic: String,
+    /// Its partitions.
+    pub input_partitions: u32,
+    /// Per input partition, the offset to stop at (bounded input); `None` reads forever.
+    pub stopping_offsets: Option<Vec<u64>>,
+    /// The output topic (one partition per sink subtask: subtask `i` writes partition `i`).
+    pub output_topic: String,
+    /// Parallelism of every operator.
+    pub parallelism: u32,
+    /// Max parallelism (key groups) of every operator.
+    pub max_parallelism: u32,
+    /// Transactional (exactly-once) or plain (the at-least-once positive control).
+    pub sink_mode: SinkMode,
+    /// Aligned (exactly-once) or unaligned tracking (the at-least-once positive control).
+    pub checkpointing: CheckpointingMode,
+    /// The checkpoint coordinator's settings.
+    pub checkpoint: CheckpointConfig,
+    /// How the job restarts after a failure.
+    pub restart: RestartStrategy,
+    /// The aligner's buffer bound per input gate.
+    pub alignment_buffer_bytes_max: usize,
+}
+
+impl JobSpec {
+    /// A word count over `input_topic` with defaults for everything else.
+    pub fn word_count(name: &str, input_topic: &str, input_partitions: u32, output_topic: &str, parallelism: u32) -> Self {
+        JobSpec {
+            job: "word-count".into(),
+            name: name.into(),
+            input_topic: input_topic.into(),
+            input_partitions,
+            stopping_offsets: None,
+            output_topic: output_topic.into(),
+            parallelism,
+            max_parallelism: 128,
+            sink_mode: SinkMode::Transactional,
+            checkpointing: CheckpointingMode::ExactlyOnce,
+            checkpoint: CheckpointConfig { interval_ms: 100, ..CheckpointConfig::default() },
+            restart: RestartStrategy::FixedDelay { attempts_max: 1_000, delay_ms: 200 },
+            alignment_buffer_bytes_max: 64 << 20,
+        }
+    }
+
+    /// The transactional-id prefix of the sink.
+    pub fn sink_prefix(&self) -> String {
+        format!("{}-sink", self.name)
+    }
+
+    fn source_spec(&self) -> SourceSpec {
+        SourceSpec {
+            topic: self.input_topic.clone(),
+            partitions: self.input_partitions,
+            stopping: self.stopping_offsets.as_ref().map(|offs| offs.iter().enumerate().map(|(p, o)| (PartitionId(p as u32), Offset(*o))).collect::<BTreeMap<_, _>>()),
+        }
+    }
+}
+
+/// Why a job could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// No job of that name is registered.
+    #[error("unknown job '{name}'; registered jobs: {known}")]
+    UnknownJob {
+        /// The name asked for.
+        name: String,
+        /// The registered names, comma-separated.
+        known: String,
+    },
+    /// The job graph is invalid.
+    #[error("job '{job}': {error}")]
+    Graph {
+        /// The job.
+        job: String,
+        /// What is wrong.
+        error: GraphError,
+    },
+    /// The spec is invalid.
+    #[error("job '{job}': {reason}")]
+    Spec {
+        /// The job.
+        job: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Builds a job's graph from its spec.
+pub type JobBuilder = fn(&JobSpec) -> Result<JobGraph, JobError>;
+
+/// The jobs this binary can run, by name.
+#[derive(Clone)]
+pub struct JobRegistry {
+    jobs: BTreeMap<String, JobBuilder>,
+}
+
+impl Default for JobRegistry {
+    fn default() -> Self {
+        Self::builtin()
+    }
+}
+
+impl JobRegistry {
+    /// The built-in jobs: `word-count` and `two-shuffle`.
+    pub fn builtin() -> Self {
+        let mut r = JobRegistry { jobs: BTreeMap::new() };
+        r.register("word-count", word_count);
+        r.register("two-shuffle", two_shuffle);
+        r
+    }
+
+    /// Registers a job (replacing one of the same name).
+    pub fn register(&mut self, name: &str, builder: JobBuilder) {
+        self.jobs.insert(name.to_string(), builder);
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        self.jobs.keys().map(String::as_str).collect()
+    }
+
+    /// Builds the graph of `spec.job`.
+    pub fn build(&self, spec: &JobSpec) -> Result<JobGraph, JobError> {
+        let builder = self.jobs.get(&spec.job).ok_or_else(|| JobError::UnknownJob { name: spec.job.clone(), known: self.names().join(", ") })?;
+        builder(spec)
+    }
+}
+
+/// Splits a line into lower-cased words on non-alphanumeric characters (the word count's tokenizer).
+pub fn words(line: &str) -> impl Iterator<Item = String> + '_ {
+    line.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase)
+}
+
+fn decode_line(bytes: &[u8]) -> Result<String, String> {
+    String::from_utf8(bytes.to_vec()).map_err(|e| format!("input line is not UTF-8: {e}"))
+}
+
+fn encode_word_count(record: &(String, u64)) -> Result<Vec<u8>, String> {
+    codec::to_bytes(record).map_err(|e| e.to_string())
+}
+
+/// Decodes one committed record of the `word-count` job.
+pub fn decode_word_count(bytes: &[u8]) -> Result<(String, u64), codec::CodecError> {
+    codec::from_bytes(bytes)
+}
+
+/// A record of the `two-shuffle` job: `(bucket, word, count, bucket_running_sum)`.
+pub type BucketRecord = (u64, String, u64, u64);
+
+fn encode_bucket_record(record: &BucketRecord) -> Result<Vec<u8>, String> {
+    codec::to_bytes(record).map_err(|e| e.to_string())
+}
+
+/// Decodes one committed record of the `two-shuffle` job.
+pub fn decode_bucket_record(bytes: &[u8]) -> Result<BucketRecord, codec::CodecError> {
+    codec::from_bytes(bytes)
+}
+
+fn environment(spec: &JobSpec) -> StreamEnvironment {
+    let env = StreamEnvironment::new(spec.name.clone());
+    env.set_parallelism(spec.parallelism);
+    env.set_max_parallelism(spec.max_parallelism);
+    env
+}
+
+fn check(spec: &JobSpec) -> Result<(), JobError> {
+    let fail = |reason: String| Err(JobError::Spec { job: spec.job.clone(), reason });
+    if let Err(e) = spec.source_spec().validate() {
+        return fail(e.to_string());
+    }
+    if let Err(e) = spec.checkpoint.validate() {
+        return fail(e.to_string());
+    }
+    if spec.output_topic.is_empty() {
+        return fail("empty output topic".into());
+    }
+    Ok(())
+}
+
+fn word_count(spec: &JobSpec) -> Result<JobGraph, JobError> {
+    check(spec)?;
+    let env = environment(spec);
+    let (source, prefix, mode) = (spec.source_spec(), spec.sink_prefix(), spec.sink_mode);
+    env.add_source("lines", move || SourceReader::new(source.clone(), decode_line).expect("the source spec was validated"))
+        .flat_map("split", |line: String, out: &mut Vec<String>| out.extend(words(&line)))
+        .key_by("by-word", |w: &String| w.clone())
+        .process("count", RunningCount::default())
+        .add_sink("sink", move || TwoPhaseCommitSinkWriter::new(prefix.clone(), mode, encode_word_count).expect("the sink prefix is valid"));
+    env.build().map_err(|error| JobError::Graph { job: spec.job.clone(), error })
+}
+
+/// The two-shuffle job's second keyed stage: a running sum of counts per bucket.
+#[derive(Clone, Debug, Default)]
+pub struct SumByBucket {
+    sum: Option<ValueState<u64>>,
+}
+
+impl KeyedProcessFunction for SumByBucket {
+    type Key = u64;
+    type In = (String, u64);
+    type Out = BucketRecord;
+
+    fn open(&mut self, state: &mut KeyedStateBackend) -> OperatorResult {
+        self.sum = Some(state.get_state(&ValueStateDescriptor::<u64>::new("bucket-sum")).map_err(|e| OperatorError::State(e.to_string()))?);
+        Ok(())
+    }
+
+    fn process_element(&mut self, (word, count): (String, u64), ctx: &mut KeyedContext<'_, u64>, out: &mut Vec<BucketRecord>) -> OperatorResult {
+        let sum = self.sum.ok_or_else(|| OperatorError::Protocol("process_element before open".into()))?;
+        let total = sum.get_or_insert_with(ctx.state, || 0);
+        *total += count;
+        out.push((*ctx.key, word, count, *total));
+        Ok(())
+    }
+}
+
+fn two_shuffle(spec: &JobSpec) -> Result<JobGraph, JobError> {
+    check(spec)?;
+    let env = environment(spec);
+    let (source, prefix, mode) = (spec.source_spec(), spec.sink_prefix(), spec.sink_mode);
+    env.add_source("lines", move || SourceReader::new(source.clone(), decode_line).expect("the source spec was validated"))
+        .flat_map("split", |line: String, out: &mut Vec<String>| out.extend(words(&line)))
+        .key_by("by-word", |w: &String| w.clone())
+        .process("count", RunningCount::default())
+        .key_by("by-bucket", |(_, n): &(String, u64)| n % BUCKETS)
+        .process("bucket-sum", SumByBucket::default())
+        .add_sink("sink", move || TwoPhaseCommitSinkWriter::new(prefix.clone(), mode, encode_bucket_record).expect("the sink prefix is valid"));
+    env.build().map_err(|error| JobError::Graph { job: spec.job.clone(), error })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tokenizer_lower_cases_and_splits_on_non_alphanumerics() {
+        let cases: &[(&str, &[&str])] = &[("", &[]), ("To be, or NOT to-be!", &["to", "be", "or", "not", "to", "be"]), ("  a1 b_2 ", &["a1", "b", "2"])];
+        for (line, want) in cases {
+            assert_eq!(words(line).collect::<Vec<_>>(), *want, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn both_builtin_jobs_build_and_chain_as_expected() {
+        let r = JobRegistry::builtin();
+        let spec = JobSpec::word_count("wc", "in", 3, "out", 2);
+        let exec = r.build(&spec).unwrap().expand();
+        let names: Vec<&str> = exec.vertices.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["lines -> split", "count -> sink"]);
+        let exec = r.build(&JobSpec { job: "two-shuffle".into(), ..spec.clone() }).unwrap().expand();
+        let names: Vec<&str> = exec.vertices.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["lines -> split", "count", "bucket-sum -> sink"]);
+        let err = r.build(&JobSpec { job: "nope".into(), ..spec }).map(|_| ()).unwrap_err();
+        assert_eq!(err.to_string(), "unknown job 'nope'; registered jobs: two-shuffle, word-count");
+    }
+}

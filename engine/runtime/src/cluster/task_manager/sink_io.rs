@@ -1,0 +1,171 @@
+//! Carries out a sink writer's [`SinkCommand`]s against the broker, in order (the I/O half of
+//! Flink's `KafkaWriter` / `KafkaCommitter` and `TwoPhaseCommitSinkFunction`).
+//!
+//! * `Begin{id}` → `init_transactions(id)` (fences every older producer of the id, aborts its
+//!   unfinished transaction); the producer id and epoch are kept for the id's later commands.
+//! * `Write{id, records}` → transactional produce to the output topic, partition = subtask index.
+//! * `PreCommit{id}` → `prepare` (the barrier is acknowledged only after this returns).
+//! * `Commit{id}` → commit with the producer held for the id, or — after a restore, for an id
+//!   this subtask did not open — with the producer id and epoch `list_transactions` reports
+//!   (commit is idempotent, so committing a committed transaction is fine).
+//! * `AbortLater{..}` → `list_transactions(prefix)` and abort each open one that
+//!   [`SinkCommand::aborts`] covers.
+//! * `PlainWrite{records}` → idempotent produce outside any transaction (the at-least-once control).
+//!
+//! Transient broker errors are retried ([`SINK_RETRY`]); a permanent one (fenced, timed out,
+//! aborted, a commit the broker refuses) is a [`SinkFailure`]: the subtask fails and the job
+//! restarts from its latest completed checkpoint.
+
+use crate::broker::{BrokerClient, BrokerError, Producer, Record, RetryPolicy, TxnState};
+use floe_core::ids::{AttemptId, PartitionId, SubtaskId};
+use floe_core::operator::{SinkCommand, TransactionalId};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How sink broker calls are retried: transient errors only, a bounded number of times.
+pub const SINK_RETRY: RetryPolicy = RetryPolicy { attempts_max: 50, backoff_ms: 100 };
+
+/// At most this many transactions are open (begun, not yet committed or aborted) per subtask.
+pub const OPEN_TRANSACTIONS_MAX: usize = 128;
+
+/// A sink command that could not be carried out: the subtask fails.
+#[derive(Debug, thiserror::Error)]
+#[error("sink {command}: {error}")]
+pub struct SinkFailure {
+    /// Which command.
+    pub command: String,
+    /// The broker's answer.
+    pub error: String,
+}
+
+fn fail(command: impl Into<String>, error: impl std::fmt::Display) -> SinkFailure {
+    SinkFailure { command: command.into(), error: error.to_string() }
+}
+
+/// The broker side of one sink subtask.
+pub struct SinkIo {
+    client: BrokerClient,
+    topic: String,
+    partition: PartitionId,
+    attempt: AttemptId,
+    subtask: SubtaskId,
+    /// Transactions this subtask began (and has not finished), by id.
+    open: BTreeMap<String, Producer>,
+    /// The producer of plain writes (created on first use).
+    plain: Option<Producer>,
+    /// Records written so far (transactional or plain).
+    pub records_written: u64,
+}
+
+impl SinkIo {
+    /// The sink I/O of `subtask` writing partition `subtask.index` of `topic`.
+    pub fn new(client: BrokerClient, topic: String, attempt: AttemptId, subtask: SubtaskId) -> Self {
+        SinkIo { client, topic, partition: PartitionId(subtask.index.0), attempt, subtask, open: BTreeMap::new(), plain: None, records_written: 0 }
+    }
+
+    /// Creates the output topic with `partitions` partitions unless it exists (idempotent).
+    pub async fn ensure_topic(&self, partitions: u32) -> Result<(), SinkFailure> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.client.create_topic(&self.topic, partitions).await {
+                Ok(()) | Err(BrokerError::TopicExists { .. }) => return Ok(()),
+                Err(e) if e.is_retriable() && attempts < SINK_RETRY.attempts_max => {
+                    tokio::time::sleep(Duration::from_millis(SINK_RETRY.backoff_ms)).await;
+                }
+                Err(e) => return Err(fail(format!("create topic {}", self.topic), e)),
+            }
+        }
+    }
+
+    /// Carries out one command.
+    pub async fn run(&mut self, command: SinkCommand) -> Result<(), SinkFailure> {
+        let (attempt, subtask) = (self.attempt.0, self.subtask.to_string());
+        match command {
+            SinkCommand::Begin { id } => {
+                let tid = id.to_string();
+                if self.open.len() >= OPEN_TRANSACTIONS_MAX {
+                    return Err(fail(format!("begin {tid}"), format!("{} transactions open, the bound", self.open.len())));
+                }
+                let producer = Producer::transactional(self.client.clone(), &tid, None, SINK_RETRY).await.map_err(|e| fail(format!("begin {tid}"), e))?;
+                self.open.insert(tid, producer);
+            }
+            SinkCommand::Write { id, records } => {
+                let tid = id.to_string();
+                let producer = self.open.get_mut(&tid).ok_or_else(|| fail(format!("write {tid}"), "no such open transaction"))?;
+                let n = records.len() as u64;
+                producer.send(&self.topic, self.partition, records.into_iter().map(Record::value).collect()).await.map_err(|e| fail(format!("write {tid}"), e))?;
+                self.records_written += n;
+            }
+            SinkCommand::PreCommit { id } => {
+                let tid = id.to_string();
+                let producer = self.open.get(&tid).ok_or_else(|| fail(format!("pre-commit {tid}"), "no such open transaction"))?;
+                producer.prepare().await.map_err(|e| fail(format!("pre-commit {tid}"), e))?;
+                tracing::info!(event = "sink_prepared", attempt, subtask = %subtask, txn = %tid);
+            }
+            SinkCommand::Commit { id } => {
+                let tid = id.to_string();
+                let state = match self.open.remove(&tid) {
+                    Some(producer) => producer.commit().await.map_err(|e| fail(format!("commit {tid}"), e))?,
+                    None => self.commit_restored(&id).await?,
+                };
+                if !matches!(state, TxnState::CompleteCommit | TxnState::Empty) {
+                    return Err(fail(format!("commit {tid}"), format!("the broker left it {state:?}")));
+                }
+                tracing::info!(event = "sink_committed", attempt, subtask = %subtask, txn = %tid);
+            }
+            command @ SinkCommand::AbortLater { .. } => {
+                let SinkCommand::AbortLater { prefix, .. } = &command else { unreachable!("matched above") };
+                let listing = self.list(prefix).await?;
+                for row in listing {
+                    let Ok(id) = TransactionalId::parse(&row.transactional_id) else { continue };
+                    if !command.aborts(&id) || !row.state.is_open() {
+                        continue;
+                    }
+                    let result = with_retries(|| self.client.abort(&row.transactional_id, row.producer_id, row.epoch)).await;
+                    match result {
+                        Ok(_) => tracing::info!(event = "sink_aborted", attempt, subtask = %subtask, txn = %row.transactional_id),
+                        // Someone (a newer Begin) bumped the epoch since the listing: it is theirs now.
+                        Err(BrokerError::Fenced { .. }) => {}
+                        Err(e) => return Err(fail(format!("abort {}", row.transactional_id), e)),
+                    }
+                }
+            }
+            SinkCommand::PlainWrite { records } => {
+                if self.plain.is_none() {
+                    self.plain = Some(Producer::idempotent(self.client.clone(), SINK_RETRY).await.map_err(|e| fail("plain producer", e))?);
+                }
+                let n = records.len() as u64;
+                let producer = self.plain.as_mut().expect("created above");
+                producer.send(&self.topic, self.partition, records.into_iter().map(Record::value).collect()).await.map_err(|e| fail("plain write", e))?;
+                self.records_written += n;
+            }
+        }
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<crate::broker::TxnListing>, SinkFailure> {
+        with_retries(|| self.client.list_transactions(prefix)).await.map_err(|e| fail(format!("list transactions {prefix}"), e))
+    }
+
+    /// Commits a transaction this subtask did not open (named by a restored snapshot).
+    async fn commit_restored(&self, id: &TransactionalId) -> Result<TxnState, SinkFailure> {
+        let tid = id.to_string();
+        let listing = self.list(&tid).await?;
+        let row = listing.into_iter().find(|r| r.transactional_id == tid).ok_or_else(|| fail(format!("commit {tid}"), "the broker does not know the transaction"))?;
+        with_retries(|| self.client.commit(&tid, row.producer_id, row.epoch)).await.map_err(|e| fail(format!("commit {tid}"), e))
+    }
+}
+
+async fn with_retries<T, Fut: std::future::Future<Output = Result<T, BrokerError>>>(mut op: impl FnMut() -> Fut) -> Result<T, BrokerError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match op().await {
+            Err(e) if e.is_retriable() && attempts < SINK_RETRY.attempts_max => {
+                tokio::time::sleep(Duration::from_millis(SINK_RETRY.backoff_ms)).await;
+            }
+            other => return other,
+        }
+    }
+}
