@@ -16,4 +16,6 @@
 pub mod checkers;
 pub mod oracle;
 pub mod record;
+pub mod scenario;
+pub mod sometimes;
 pub mod trace;

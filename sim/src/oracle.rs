@@ -23,7 +23,8 @@ pub const BUCKETS: u64 = 8;
 pub const PROVENANCE_LINES_MAX: usize = 8;
 
 /// The registered jobs the oracles model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum JobKind {
     /// `word-count`.
     WordCount,
