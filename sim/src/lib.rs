@@ -16,6 +16,8 @@
 pub mod checkers;
 pub mod oracle;
 pub mod record;
+pub mod report;
+pub mod run;
 pub mod scenario;
 pub mod sometimes;
 pub mod trace;

@@ -1390,6 +1390,19 @@ fail = ["exactly_once"]
     }
 
     #[test]
+    fn every_example_scenario_parses_and_resolves() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+        let files = catalog_files(&dir);
+        assert!(files.len() >= 6, "{files:?}");
+        for f in files {
+            let s = Scenario::load(&f).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!s.description.is_empty(), "{} has a description", f.display());
+            let w = s.resolve(s.seeds.first().unwrap_or(0), Overrides::default());
+            assert!(w.parallelism <= w.task_managers * w.slots_per_tm, "{}", f.display());
+        }
+    }
+
+    #[test]
     fn node_names_parse_strictly() {
         let cases: &[(&str, Option<NodeName>)] = &[("jm", Some(NodeName::Jm)), ("tm0", Some(NodeName::Tm(0))), ("tm12", Some(NodeName::Tm(12))), ("tm01", None), ("tm", None), ("tm-1", None), ("TM0", None), ("blob", Some(NodeName::Blob))];
         for (s, want) in cases {
