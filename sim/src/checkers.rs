@@ -514,4 +514,46 @@ pub(crate) mod tests {
             assert_eq!(txn_checkpoint(txn), *want, "{txn}");
         }
     }
+
+    use proptest::prelude::*;
+
+    /// The committed output a correct word count produces: per word, `(w,1)..(w,n)` in one
+    /// output partition chosen by the word.
+    fn correct_output(input: &[Vec<String>], partitions: usize) -> Vec<Vec<Vec<u8>>> {
+        let mut out = vec![Vec::new(); partitions];
+        let state = crate::oracle::expected_state(JobKind::WordCount, input, None);
+        for (w, n) in &state.word_counts {
+            let p = w.len() % partitions;
+            for k in 1..=*n {
+                out[p].push(enc(&(w.clone(), k)));
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn a_correct_output_passes_and_losing_or_duplicating_any_record_fails(
+            input in prop::collection::vec(prop::collection::vec("[a-d ,.]{1,10}", 1..6), 1..4),
+            partitions in 1usize..4,
+            pick in any::<prop::sample::Index>(),
+            duplicate in any::<bool>(),
+        ) {
+            let mut r = RunRecord { input: input.clone(), output: correct_output(&input, partitions), ..RunRecord::default() };
+            prop_assert!(exactly_once(&r, JobKind::WordCount).is_empty());
+            let places: Vec<(usize, usize)> = r.output.iter().enumerate().flat_map(|(p, recs)| (0..recs.len()).map(move |o| (p, o))).collect();
+            prop_assume!(!places.is_empty());
+            let (p, o) = places[pick.index(places.len())];
+            if duplicate {
+                let rec = r.output[p][o].clone();
+                r.output[p].insert(o + 1, rec);
+            } else {
+                r.output[p].remove(o);
+            }
+            let v = exactly_once(&r, JobKind::WordCount).finish();
+            prop_assert!(!v.is_empty());
+            let want = if duplicate { "1 duplicated" } else { "1 lost" };
+            prop_assert!(v[0].contains(want), "{v:?}");
+        }
+    }
 }

@@ -223,7 +223,8 @@ mod tests {
     #[test]
     fn a_prefix_limits_the_state_to_the_lines_consumed() {
         let input = lines(&[&["a b a", "c"], &["B a"]]);
-        let cases: &[(&[(u32, u64)], &[(&str, u64)])] = &[
+        type Case<'a> = (&'a [(u32, u64)], &'a [(&'a str, u64)]);
+        let cases: &[Case<'_>] = &[
             (&[], &[]),
             (&[(0, 1)], &[("a", 2), ("b", 1)]),
             (&[(0, 1), (1, 1)], &[("a", 3), ("b", 2)]),

@@ -65,6 +65,8 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 /// capture, and judges the record. The captured events go into the record when the world left
 /// them empty; `trace` writes them as JSON lines.
 pub fn run_seed_with(scenario: &Scenario, seed: u64, overrides: Overrides, trace: Option<&Path>, run: fn(&WorldConfig) -> Result<RunRecord, SimError>) -> Result<Report, SimError> {
+    // Wall time of the run, for the report's `wall_secs` (outside the runtime: real time).
+    #[allow(clippy::disallowed_methods)]
     let started = Instant::now();
     let world = scenario.resolve(seed, overrides);
     let capture = TraceCapture::new(TraceConfig::default());
@@ -97,6 +99,8 @@ pub fn run_seed(scenario: &Scenario, seed: u64, overrides: Overrides, trace: Opt
 /// Runs `seeds` on `jobs` worker threads (each run on its own fresh thread), with a progress
 /// bar on a terminal; returns the summary and every report, in seed order.
 pub fn sweep_with(scenario: &Scenario, seeds: &[u64], jobs: usize, overrides: Overrides, run: fn(&WorldConfig) -> Result<RunRecord, SimError>) -> (SweepSummary, Vec<Report>) {
+    // Wall time of the sweep, for `wall_secs` and `seeds_per_sec`.
+    #[allow(clippy::disallowed_methods)]
     let started = Instant::now();
     let jobs = jobs.clamp(1, SWEEP_JOBS_MAX).min(seeds.len().max(1));
     let bar = if std::io::stderr().is_terminal() { indicatif::ProgressBar::new(seeds.len() as u64) } else { indicatif::ProgressBar::hidden() };

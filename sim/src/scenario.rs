@@ -499,6 +499,9 @@ struct Tbl<'c, 'a, 'i> {
 
 type R<T> = Result<T, ScenarioError>;
 
+/// A string value and where it is in the file.
+type Located<'a> = (&'a str, Range<usize>);
+
 impl<'c, 'a, 'i> Tbl<'c, 'a, 'i> {
     fn new(cx: &'c Cx<'c>, path: String, value: &'a V<'i>, valid: &'static [&'static str]) -> R<Self> {
         match value.get_ref() {
@@ -574,7 +577,7 @@ impl<'c, 'a, 'i> Tbl<'c, 'a, 'i> {
         v.get_ref().as_str().map(|s| Some((s, v.span()))).ok_or_else(|| self.type_err(key, v, "a string"))
     }
 
-    fn strs(&self, key: &str) -> R<Option<Vec<(&'a str, Range<usize>)>>> {
+    fn strs(&self, key: &str) -> R<Option<Vec<Located<'a>>>> {
         let Some(v) = self.get(key) else { return Ok(None) };
         let Some(items) = v.get_ref().as_array() else { return Err(self.type_err(key, v, "an array of strings")) };
         items.iter().map(|item| item.get_ref().as_str().map(|s| (s, item.span())).ok_or_else(|| self.type_err(key, item, "a string"))).collect::<R<Vec<_>>>().map(Some)

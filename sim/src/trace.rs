@@ -171,6 +171,8 @@ impl TraceCapture {
 
     /// The layer that feeds this capture.
     pub fn layer(&self) -> TraceLayer {
+        // The fallback clock outside a madsim runtime (inside one, std's clock is virtual too).
+        #[allow(clippy::disallowed_methods)]
         TraceLayer { capture: self.clone(), start: std::time::Instant::now() }
     }
 
@@ -375,6 +377,8 @@ mod tests {
             });
         };
         let c = capture.clone();
+        // A fresh OS thread per run, as `run.rs` does.
+        #[allow(clippy::disallowed_methods)]
         std::thread::spawn(move || c.install(run)).join().unwrap();
         let events: Vec<_> = capture.events().into_iter().filter(|e| e.name != "harness_started" || e.node == "main").collect();
         let aligning = events.iter().find(|e| e.name == "checkpoint_aligning").expect("captured");
