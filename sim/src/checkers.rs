@@ -25,7 +25,8 @@ use std::fmt;
 pub const VIOLATIONS_PER_CHECK_MAX: usize = 10;
 
 /// Every check, in report order.
-pub const CHECKS: [&str; 6] = ["exactly_once", "consistent_cut", "commit_after_complete", "no_zombie_effects", "checkpoint_monotone", "liveness"];
+pub const CHECKS: [&str; 6] =
+    ["exactly_once", "consistent_cut", "commit_after_complete", "no_zombie_effects", "checkpoint_monotone", "liveness"];
 
 /// Knobs of the checkers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,7 +122,8 @@ impl fmt::Display for OutAt {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let (value, used) = bincode::serde::decode_from_slice::<T, _>(bytes, bincode::config::standard()).map_err(|e| e.to_string())?;
+    let (value, used) =
+        bincode::serde::decode_from_slice::<T, _>(bytes, bincode::config::standard()).map_err(|e| e.to_string())?;
     if used != bytes.len() {
         return Err(format!("{} trailing bytes", bytes.len() - used));
     }
@@ -149,11 +151,16 @@ pub fn exactly_once(record: &RunRecord, job: JobKind) -> Violations {
                 JobKind::TwoShuffle => match decode::<(u64, String, u64, u64)>(bytes) {
                     Ok((b, w, k, s)) => {
                         if b != k % BUCKETS {
-                            bucket_errors.push(format!("{at} ({b}, {w}, {k}, {s}) is in bucket {b}, want {k} % {BUCKETS} = {}", k % BUCKETS));
+                            bucket_errors.push(format!(
+                                "{at} ({b}, {w}, {k}, {s}) is in bucket {b}, want {k} % {BUCKETS} = {}",
+                                k % BUCKETS
+                            ));
                         }
-                        let (prev, prev_at) = bucket_sums.get(&(p, b)).copied().map_or((0, None), |(s, a)| (s, Some(a)));
+                        let (prev, prev_at) =
+                            bucket_sums.get(&(p, b)).copied().map_or((0, None), |(s, a)| (s, Some(a)));
                         if s != prev.saturating_add(k) {
-                            let after = prev_at.map_or("at the start of the partition".to_string(), |a| format!("after {a}"));
+                            let after =
+                                prev_at.map_or("at the start of the partition".to_string(), |a| format!("after {a}"));
                             bucket_errors.push(format!("bucket {b}'s running sum breaks at {at}: ({b}, {w}, {k}, {s}) {after} with sum {prev}, want {}", prev.saturating_add(k)));
                         }
                         bucket_sums.insert((p, b), (s, at));
@@ -180,7 +187,10 @@ pub fn exactly_once(record: &RunRecord, job: JobKind) -> Violations {
             }
             if let Some(first) = first_at.get(&k) {
                 duplicated += 1;
-                items.push(format!("duplicated ({w},{k}) at {at}, first at {first}; produced by {}", expected.provenance(w, k)));
+                items.push(format!(
+                    "duplicated ({w},{k}) at {at}, first at {first}; produced by {}",
+                    expected.provenance(w, k)
+                ));
             } else {
                 first_at.insert(k, at);
             }
@@ -195,11 +205,13 @@ pub fn exactly_once(record: &RunRecord, job: JobKind) -> Violations {
         let missing: Vec<u64> = (1..=n).filter(|k| !first_at.contains_key(k)).collect();
         if let Some(&k) = missing.first() {
             lost += missing.len() as u64;
-            let more = if missing.len() > 1 { format!(" (and {} more of '{w}')", missing.len() - 1) } else { String::new() };
+            let more =
+                if missing.len() > 1 { format!(" (and {} more of '{w}')", missing.len() - 1) } else { String::new() };
             items.push(format!("missing ({w},{k}){more}; produced by {}", expected.provenance(w, k)));
         }
     }
-    let failed = !decode_errors.is_empty() || !bucket_errors.is_empty() || lost + duplicated + unexpected + reordered > 0;
+    let failed =
+        !decode_errors.is_empty() || !bucket_errors.is_empty() || lost + duplicated + unexpected + reordered > 0;
     if failed {
         let committed: usize = record.output.iter().map(Vec::len).sum();
         v.push(format!(
@@ -248,7 +260,10 @@ pub fn consistent_cut(record: &RunRecord, job: JobKind) -> Violations {
             let len = record.input.get(*p as usize).map_or(0, |l| l.len() as u64);
             if *o > len {
                 past_end = true;
-                v.push(format!("checkpoint {} (offsets {offsets}): offset p{p}@{o} is past the input's end ({len} lines)", cp.id));
+                v.push(format!(
+                    "checkpoint {} (offsets {offsets}): offset p{p}@{o} is past the input's end ({len} lines)",
+                    cp.id
+                ));
             }
         }
         if past_end {
@@ -257,12 +272,18 @@ pub fn consistent_cut(record: &RunRecord, job: JobKind) -> Violations {
         let want = expected_state(job, &record.input, Some(&cp.source_offsets));
         if let Some((w, g, o, n)) = first_difference(&cp.word_counts, &want.word_counts) {
             let more = if n > 1 { format!(" ({} more words differ)", n - 1) } else { String::new() };
-            v.push(format!("checkpoint {} (offsets {offsets}): count of '{w}' is {g}, the oracle's is {o}{more}", cp.id));
+            v.push(format!(
+                "checkpoint {} (offsets {offsets}): count of '{w}' is {g}, the oracle's is {o}{more}",
+                cp.id
+            ));
         }
         if job == JobKind::TwoShuffle {
             if let Some((b, g, o, n)) = first_difference(&cp.bucket_sums, &want.bucket_sums) {
                 let more = if n > 1 { format!(" ({} more buckets differ)", n - 1) } else { String::new() };
-                v.push(format!("checkpoint {} (offsets {offsets}): sum of bucket {b} is {g}, the oracle's is {o}{more}", cp.id));
+                v.push(format!(
+                    "checkpoint {} (offsets {offsets}): sum of bucket {b} is {g}, the oracle's is {o}{more}",
+                    cp.id
+                ));
             }
         }
     }
@@ -292,8 +313,14 @@ pub fn commit_after_complete(record: &RunRecord) -> Violations {
             names::SINK_COMMITTED => {
                 let txn = e.fields.get("txn").map(String::as_str).unwrap_or("");
                 match txn_checkpoint(txn) {
-                    None => v.push(format!("sink_committed at {} names no transaction of the form prefix-subtask-checkpoint: {txn:?}", fmt_event_time(e))),
-                    Some(n) if !completed.contains_key(&n) => v.push(format!("transaction {txn} committed at {} before checkpoint {n} completed", fmt_event_time(e))),
+                    None => v.push(format!(
+                        "sink_committed at {} names no transaction of the form prefix-subtask-checkpoint: {txn:?}",
+                        fmt_event_time(e)
+                    )),
+                    Some(n) if !completed.contains_key(&n) => v.push(format!(
+                        "transaction {txn} committed at {} before checkpoint {n} completed",
+                        fmt_event_time(e)
+                    )),
                     Some(_) => {}
                 }
             }
@@ -314,14 +341,28 @@ pub fn no_zombie_effects(record: &RunRecord) -> Violations {
                 Some(_) => {}
                 None => v.push(format!("deployed at {} has no attempt", fmt_event_time(e))),
             },
-            names::SINK_COMMITTED | names::SNAPSHOT_WRITTEN | names::ACK_ACCEPTED => match (e.id_field("attempt"), current) {
-                (None, _) => v.push(format!("{} at {} has no attempt: cannot tell a zombie", e.name, fmt_event_time(e))),
-                (Some(a), Some((c, deployed))) if a < c => {
-                    let what = e.fields.get("txn").or_else(|| e.fields.get("checkpoint")).map(|s| format!(" ({s})")).unwrap_or_default();
-                    v.push(format!("{}{what} from attempt {a} at {}, after attempt {c} was deployed at {}", e.name, fmt_event_time(e), fmt_ms(deployed.at_ns / 1_000_000)));
+            names::SINK_COMMITTED | names::SNAPSHOT_WRITTEN | names::ACK_ACCEPTED => {
+                match (e.id_field("attempt"), current) {
+                    (None, _) => {
+                        v.push(format!("{} at {} has no attempt: cannot tell a zombie", e.name, fmt_event_time(e)))
+                    }
+                    (Some(a), Some((c, deployed))) if a < c => {
+                        let what = e
+                            .fields
+                            .get("txn")
+                            .or_else(|| e.fields.get("checkpoint"))
+                            .map(|s| format!(" ({s})"))
+                            .unwrap_or_default();
+                        v.push(format!(
+                            "{}{what} from attempt {a} at {}, after attempt {c} was deployed at {}",
+                            e.name,
+                            fmt_event_time(e),
+                            fmt_ms(deployed.at_ns / 1_000_000)
+                        ));
+                    }
+                    _ => {}
                 }
-                _ => {}
-            },
+            }
             _ => {}
         }
     }
@@ -348,7 +389,12 @@ pub fn checkpoint_monotone(record: &RunRecord) -> Violations {
                 if restored != latest {
                     let show = |c: Option<u64>| c.map_or("no checkpoint".to_string(), |c| format!("checkpoint {c}"));
                     let attempt = e.id_field("attempt").map_or(String::new(), |a| format!("attempt {a} "));
-                    v.push(format!("{attempt}deployed at {} restored from {}, the latest completed is {}", fmt_event_time(e), show(restored), show(latest)));
+                    v.push(format!(
+                        "{attempt}deployed at {} restored from {}, the latest completed is {}",
+                        fmt_event_time(e),
+                        show(restored),
+                        show(latest)
+                    ));
                 }
             }
             _ => {}
@@ -362,12 +408,20 @@ pub fn liveness(record: &RunRecord, config: &CheckConfig) -> Violations {
     let mut v = Violations::default();
     let bound = fmt_ms(config.liveness_bound_ms);
     if !record.finished {
-        v.push(format!("the job did not finish: healed at {}, the run ended at {} (bound {bound} after healing)", fmt_ms(record.healed_at_ms), fmt_ms(record.sim_ms)));
+        v.push(format!(
+            "the job did not finish: healed at {}, the run ended at {} (bound {bound} after healing)",
+            fmt_ms(record.healed_at_ms),
+            fmt_ms(record.sim_ms)
+        ));
     } else {
         let at = record.finished_at_ms.unwrap_or(record.sim_ms);
         let took = at.saturating_sub(record.healed_at_ms);
         if took > config.liveness_bound_ms {
-            v.push(format!("the job finished {} after healing (at {}), over the bound of {bound}", fmt_ms(took), fmt_ms(at)));
+            v.push(format!(
+                "the job finished {} after healing (at {}), over the bound of {bound}",
+                fmt_ms(took),
+                fmt_ms(at)
+            ));
         }
     }
     debug_assert!(!v.is_empty() || record.finished);
@@ -411,8 +465,18 @@ pub(crate) mod tests {
                 ev(202, "tm0", "sink_committed", &[("txn", "wc-sink-0-2"), ("attempt", "2")]),
             ],
             checkpoints: vec![
-                CheckpointView { id: 1, source_offsets: BTreeMap::from([(0, 1), (1, 0)]), word_counts: BTreeMap::from([("a".into(), 2), ("b".into(), 1)]), bucket_sums: BTreeMap::new() },
-                CheckpointView { id: 2, source_offsets: BTreeMap::from([(0, 1), (1, 1)]), word_counts: BTreeMap::from([("a".into(), 2), ("b".into(), 2), ("c".into(), 1)]), bucket_sums: BTreeMap::new() },
+                CheckpointView {
+                    id: 1,
+                    source_offsets: BTreeMap::from([(0, 1), (1, 0)]),
+                    word_counts: BTreeMap::from([("a".into(), 2), ("b".into(), 1)]),
+                    bucket_sums: BTreeMap::new(),
+                },
+                CheckpointView {
+                    id: 2,
+                    source_offsets: BTreeMap::from([(0, 1), (1, 1)]),
+                    word_counts: BTreeMap::from([("a".into(), 2), ("b".into(), 2), ("c".into(), 1)]),
+                    bucket_sums: BTreeMap::new(),
+                },
             ],
             faults: vec![],
             finished: true,
@@ -425,7 +489,11 @@ pub(crate) mod tests {
     }
 
     fn failing(record: &RunRecord, job: JobKind) -> Vec<(&'static str, Vec<String>)> {
-        check_all(record, job, &CheckConfig { liveness_bound_ms: 1_000 }).into_iter().filter(|o| !o.passed()).map(|o| (o.check, o.violations)).collect()
+        check_all(record, job, &CheckConfig { liveness_bound_ms: 1_000 })
+            .into_iter()
+            .filter(|o| !o.passed())
+            .map(|o| (o.check, o.violations))
+            .collect()
     }
 
     #[test]
@@ -472,7 +540,12 @@ pub(crate) mod tests {
             input: vec![vec!["a a".into()], vec!["a b".into()]],
             // Buckets 1 and 3 on out0, bucket 2 on out1.
             output: vec![vec![r(1, "a", 1, 1), r(3, "a", 3, 3), r(1, "b", 1, 2)], vec![r(2, "a", 2, 2)]],
-            checkpoints: vec![CheckpointView { id: 1, source_offsets: BTreeMap::from([(0, 1)]), word_counts: BTreeMap::from([("a".into(), 2)]), bucket_sums: BTreeMap::from([(1, 1), (2, 2)]) }],
+            checkpoints: vec![CheckpointView {
+                id: 1,
+                source_offsets: BTreeMap::from([(0, 1)]),
+                word_counts: BTreeMap::from([("a".into(), 2)]),
+                bucket_sums: BTreeMap::from([(1, 1), (2, 2)]),
+            }],
             events: vec![ev(0, "jm", "deployed", &[("attempt", "1"), ("restored_from", "none")])],
             finished: true,
             finished_at_ms: Some(10),
@@ -491,10 +564,21 @@ pub(crate) mod tests {
         let mut wrong_sum = good_two_shuffle();
         wrong_sum.output[0][2] = enc(&(1u64, "b".to_string(), 1u64, 1u64));
         let got = failing(&wrong_sum, JobKind::TwoShuffle);
-        assert!(got[0].1.contains(&"bucket 1's running sum breaks at out0@2: (1, b, 1, 1) after out0@0 with sum 1, want 2".to_string()), "{got:#?}");
+        assert!(
+            got[0].1.contains(
+                &"bucket 1's running sum breaks at out0@2: (1, b, 1, 1) after out0@0 with sum 1, want 2".to_string()
+            ),
+            "{got:#?}"
+        );
         let mut wrong_cut = good_two_shuffle();
         wrong_cut.checkpoints[0].bucket_sums.insert(2, 5);
-        assert_eq!(failing(&wrong_cut, JobKind::TwoShuffle), vec![("consistent_cut", vec!["checkpoint 1 (offsets p0@1): sum of bucket 2 is 5, the oracle's is 2".to_string()])]);
+        assert_eq!(
+            failing(&wrong_cut, JobKind::TwoShuffle),
+            vec![(
+                "consistent_cut",
+                vec!["checkpoint 1 (offsets p0@1): sum of bucket 2 is 5, the oracle's is 2".to_string()]
+            )]
+        );
     }
 
     #[test]
@@ -509,7 +593,14 @@ pub(crate) mod tests {
 
     #[test]
     fn transaction_ids_name_their_checkpoint() {
-        let cases: &[(&str, Option<u64>)] = &[("wc-sink-0-3", Some(3)), ("a-b-c-12-40", Some(40)), ("sink-x-3", None), ("0-3", None), ("-0-3", None), ("", None)];
+        let cases: &[(&str, Option<u64>)] = &[
+            ("wc-sink-0-3", Some(3)),
+            ("a-b-c-12-40", Some(40)),
+            ("sink-x-3", None),
+            ("0-3", None),
+            ("-0-3", None),
+            ("", None),
+        ];
         for (txn, want) in cases {
             assert_eq!(txn_checkpoint(txn), *want, "{txn}");
         }

@@ -11,7 +11,9 @@
 
 use clap::{Args, Parser, Subcommand};
 use floe_sim::run::{run_seed, sweep};
-use floe_sim::scenario::{self, parse_checkpoint_mode, parse_sink_mode, CheckpointMode, Overrides, Scenario, ScenarioError, Seeds, SinkMode};
+use floe_sim::scenario::{
+    self, parse_checkpoint_mode, parse_sink_mode, CheckpointMode, Overrides, Scenario, ScenarioError, Seeds, SinkMode,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 

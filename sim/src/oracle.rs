@@ -59,7 +59,10 @@ impl fmt::Display for JobKind {
 impl FromStr for JobKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        JobKind::ALL.into_iter().find(|j| j.name() == s).ok_or_else(|| format!("unknown job '{s}'; valid jobs: {}", JobKind::valid_names()))
+        JobKind::ALL
+            .into_iter()
+            .find(|j| j.name() == s)
+            .ok_or_else(|| format!("unknown job '{s}'; valid jobs: {}", JobKind::valid_names()))
     }
 }
 
@@ -143,7 +146,10 @@ impl ExpectedOutput {
     }
 }
 
-fn consumed<'a>(input: &'a [Vec<String>], prefix: Option<&'a BTreeMap<u32, u64>>) -> impl Iterator<Item = (LineAt, &'a str)> + 'a {
+fn consumed<'a>(
+    input: &'a [Vec<String>],
+    prefix: Option<&'a BTreeMap<u32, u64>>,
+) -> impl Iterator<Item = (LineAt, &'a str)> + 'a {
     input.iter().enumerate().flat_map(move |(p, lines)| {
         let p = p as u32;
         let take = match prefix {
@@ -243,7 +249,8 @@ mod tests {
         // "a" nine times: counts 1..=9; bucket 1 gets 1 + 9, bucket k gets k for k in 2..=7, bucket 0 gets 8.
         let input = lines(&[&["a a a a a", "a a a a"], &["b"]]);
         let s = expected_state(JobKind::TwoShuffle, &input, None);
-        let want: BTreeMap<u64, u64> = [(0, 8), (1, 1 + 9 + 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7)].into_iter().collect();
+        let want: BTreeMap<u64, u64> =
+            [(0, 8), (1, 1 + 9 + 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7)].into_iter().collect();
         assert_eq!(s.bucket_sums, want);
     }
 

@@ -109,7 +109,14 @@ mod tests {
 
     #[test]
     fn ids_are_read_from_every_usual_rendering() {
-        let cases: &[(&str, Option<u64>)] = &[("7", Some(7)), ("cp7", Some(7)), ("CheckpointId(12)", Some(12)), ("Some(3)", Some(3)), ("none", None), ("", None)];
+        let cases: &[(&str, Option<u64>)] = &[
+            ("7", Some(7)),
+            ("cp7", Some(7)),
+            ("CheckpointId(12)", Some(12)),
+            ("Some(3)", Some(3)),
+            ("none", None),
+            ("", None),
+        ];
         for (s, want) in cases {
             assert_eq!(parse_id(s), *want, "{s:?}");
         }

@@ -67,9 +67,19 @@ pub struct Report {
 }
 
 /// Judges a record: every check, the "sometimes" catalog, the verdict.
-pub fn judge(record: &RunRecord, job: JobKind, expect: &Expect, config: &CheckConfig, repro: String, wall_secs: f64) -> Report {
+pub fn judge(
+    record: &RunRecord,
+    job: JobKind,
+    expect: &Expect,
+    config: &CheckConfig,
+    repro: String,
+    wall_secs: f64,
+) -> Report {
     let checks = check_all(record, job, config);
-    let violations: Vec<Violation> = checks.iter().flat_map(|c| c.violations.iter().map(|d| Violation { check: c.check.to_string(), detail: d.clone() })).collect();
+    let violations: Vec<Violation> = checks
+        .iter()
+        .flat_map(|c| c.violations.iter().map(|d| Violation { check: c.check.to_string(), detail: d.clone() }))
+        .collect();
     let (verdict, expected) = match expect {
         Expect::Pass => (if violations.is_empty() { "pass" } else { "fail" }, vec!["pass".to_string()]),
         Expect::Fail(must) => {
@@ -127,8 +137,13 @@ impl Report {
         );
         let _ = writeln!(s, "sim time  {}", fmt_ms((self.sim_secs * 1000.0).round() as u64));
         let _ = writeln!(s, "trace     {}", self.trace_hash);
-        let reached: Vec<String> = self.sometimes.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
-        let _ = writeln!(s, "sometimes {}", if reached.is_empty() { "none reached".to_string() } else { reached.join(", ") });
+        let reached: Vec<String> =
+            self.sometimes.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
+        let _ = writeln!(
+            s,
+            "sometimes {}",
+            if reached.is_empty() { "none reached".to_string() } else { reached.join(", ") }
+        );
         let _ = writeln!(s, "repro     {}", self.repro);
         s
     }
@@ -177,7 +192,8 @@ impl SweepSummary {
     pub fn new(scenario: &str, mut reports: Vec<Report>, mut errors: Vec<RunFailure>, wall_secs: f64) -> SweepSummary {
         reports.sort_by_key(|r| r.seed);
         errors.sort_by_key(|e| e.seed);
-        let mut violations_by_check: BTreeMap<String, u64> = crate::checkers::CHECKS.iter().map(|c| (c.to_string(), 0)).collect();
+        let mut violations_by_check: BTreeMap<String, u64> =
+            crate::checkers::CHECKS.iter().map(|c| (c.to_string(), 0)).collect();
         let mut total = sometimes::empty();
         for r in &reports {
             for c in r.checks.iter().filter(|c| !c.passed()) {
@@ -204,10 +220,21 @@ impl SweepSummary {
     pub fn text(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "scenario  {}", self.scenario);
-        let _ = writeln!(s, "seeds     {} run, {} failed, {} could not run", self.seeds, self.failed_seeds.len(), self.errors.len());
-        let by_check: Vec<String> = self.violations_by_check.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
+        let _ = writeln!(
+            s,
+            "seeds     {} run, {} failed, {} could not run",
+            self.seeds,
+            self.failed_seeds.len(),
+            self.errors.len()
+        );
+        let by_check: Vec<String> =
+            self.violations_by_check.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
         let _ = writeln!(s, "failed    {}", if by_check.is_empty() { "none".to_string() } else { by_check.join(", ") });
-        let _ = writeln!(s, "sometimes {}", self.sometimes.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", "));
+        let _ = writeln!(
+            s,
+            "sometimes {}",
+            self.sometimes.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
+        );
         for e in self.errors.iter().take(10) {
             let _ = writeln!(s, "error     seed {}: {}", e.seed, e.error);
         }
@@ -239,7 +266,14 @@ mod tests {
 
     #[test]
     fn the_text_and_json_of_a_failing_run_are_stable() {
-        let report = judge(&broken(), JobKind::WordCount, &Expect::Pass, &CheckConfig::default(), "floe run hand-made --seed 7".into(), 0.0);
+        let report = judge(
+            &broken(),
+            JobKind::WordCount,
+            &Expect::Pass,
+            &CheckConfig::default(),
+            "floe run hand-made --seed 7".into(),
+            0.0,
+        );
         assert_eq!(report.verdict, "fail");
         insta::assert_snapshot!("report_failing_text", report.text());
         insta::assert_snapshot!("report_failing_json", report.json(true));
@@ -250,7 +284,17 @@ mod tests {
         let ok = judge(&good_word_count(), JobKind::WordCount, &Expect::Pass, &CheckConfig::default(), "r".into(), 0.0);
         assert_eq!((ok.verdict, ok.violations.len()), ("pass", 0));
         insta::assert_snapshot!("report_passing_text", ok.text());
-        let control = |e: &[&str], r: &RunRecord| judge(r, JobKind::WordCount, &Expect::Fail(e.iter().map(|s| s.to_string()).collect()), &CheckConfig::default(), "r".into(), 0.0).verdict;
+        let control = |e: &[&str], r: &RunRecord| {
+            judge(
+                r,
+                JobKind::WordCount,
+                &Expect::Fail(e.iter().map(|s| s.to_string()).collect()),
+                &CheckConfig::default(),
+                "r".into(),
+                0.0,
+            )
+            .verdict
+        };
         assert_eq!(control(&["exactly_once"], &broken()), "pass", "the control caught its bug");
         assert_eq!(control(&["exactly_once", "commit_after_complete"], &broken()), "pass");
         assert_eq!(control(&["exactly_once"], &good_word_count()), "fail", "a control that catches nothing fails");
@@ -262,16 +306,32 @@ mod tests {
         let mk = |seed: u64, r: RunRecord| {
             let mut r = r;
             r.seed = seed;
-            judge(&r, JobKind::WordCount, &Expect::Pass, &CheckConfig::default(), format!("floe run x --seed {seed}"), 0.0)
+            judge(
+                &r,
+                JobKind::WordCount,
+                &Expect::Pass,
+                &CheckConfig::default(),
+                format!("floe run x --seed {seed}"),
+                0.0,
+            )
         };
         let reports = vec![mk(3, broken()), mk(1, good_word_count()), mk(2, broken())];
         let s = SweepSummary::new("x", reports, vec![RunFailure { seed: 4, error: "no cluster".into() }], 2.0);
         assert_eq!((s.seeds, s.failed_seeds.clone(), s.seeds_per_sec), (4, vec![2, 3], 2.0));
         assert_eq!(s.repros, ["floe run x --seed 2", "floe run x --seed 3"]);
-        assert_eq!((s.violations_by_check["exactly_once"], s.violations_by_check["commit_after_complete"], s.violations_by_check["liveness"]), (2, 2, 0));
+        assert_eq!(
+            (
+                s.violations_by_check["exactly_once"],
+                s.violations_by_check["commit_after_complete"],
+                s.violations_by_check["liveness"]
+            ),
+            (2, 2, 0)
+        );
         assert_eq!(s.sometimes["restarts"], 3);
         let json: serde_json::Value = serde_json::from_str(&s.json(false)).unwrap();
-        for key in ["scenario", "seeds", "failed_seeds", "violations_by_check", "sometimes", "wall_secs", "seeds_per_sec"] {
+        for key in
+            ["scenario", "seeds", "failed_seeds", "violations_by_check", "sometimes", "wall_secs", "seeds_per_sec"]
+        {
             assert!(json.get(key).is_some(), "{key}");
         }
     }

@@ -58,13 +58,22 @@ pub fn repro(scenario: &Scenario, seed: u64, overrides: Overrides) -> String {
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "non-string panic".into())
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".into())
 }
 
 /// Runs `world` with `run` (normally [`run_world`]) on a fresh OS thread with a fresh trace
 /// capture, and judges the record. The captured events go into the record when the world left
 /// them empty; `trace` writes them as JSON lines.
-pub fn run_seed_with(scenario: &Scenario, seed: u64, overrides: Overrides, trace: Option<&Path>, run: fn(&WorldConfig) -> Result<RunRecord, SimError>) -> Result<Report, SimError> {
+pub fn run_seed_with(
+    scenario: &Scenario,
+    seed: u64,
+    overrides: Overrides,
+    trace: Option<&Path>,
+    run: fn(&WorldConfig) -> Result<RunRecord, SimError>,
+) -> Result<Report, SimError> {
     // Wall time of the run, for the report's `wall_secs` (outside the runtime: real time).
     #[allow(clippy::disallowed_methods)]
     let started = Instant::now();
@@ -84,26 +93,50 @@ pub fn run_seed_with(scenario: &Scenario, seed: u64, overrides: Overrides, trace
         record.events = capture.take_events();
     }
     if let Some(path) = trace {
-        let file = std::fs::File::create(path).map_err(|e| SimError::TraceFile { file: path.display().to_string(), reason: e.to_string() })?;
-        write_json_lines(&record.events, std::io::BufWriter::new(file)).map_err(|e| SimError::TraceFile { file: path.display().to_string(), reason: e.to_string() })?;
+        let file = std::fs::File::create(path)
+            .map_err(|e| SimError::TraceFile { file: path.display().to_string(), reason: e.to_string() })?;
+        write_json_lines(&record.events, std::io::BufWriter::new(file))
+            .map_err(|e| SimError::TraceFile { file: path.display().to_string(), reason: e.to_string() })?;
     }
     let config = CheckConfig { liveness_bound_ms: scenario.liveness_bound_ms };
-    Ok(judge(&record, scenario.job, &scenario.expect, &config, repro(scenario, seed, overrides), started.elapsed().as_secs_f64()))
+    Ok(judge(
+        &record,
+        scenario.job,
+        &scenario.expect,
+        &config,
+        repro(scenario, seed, overrides),
+        started.elapsed().as_secs_f64(),
+    ))
 }
 
 /// Runs one seed of a scenario (see [`run_seed_with`]).
-pub fn run_seed(scenario: &Scenario, seed: u64, overrides: Overrides, trace: Option<&Path>) -> Result<Report, SimError> {
+pub fn run_seed(
+    scenario: &Scenario,
+    seed: u64,
+    overrides: Overrides,
+    trace: Option<&Path>,
+) -> Result<Report, SimError> {
     run_seed_with(scenario, seed, overrides, trace, run_world)
 }
 
 /// Runs `seeds` on `jobs` worker threads (each run on its own fresh thread), with a progress
 /// bar on a terminal; returns the summary and every report, in seed order.
-pub fn sweep_with(scenario: &Scenario, seeds: &[u64], jobs: usize, overrides: Overrides, run: fn(&WorldConfig) -> Result<RunRecord, SimError>) -> (SweepSummary, Vec<Report>) {
+pub fn sweep_with(
+    scenario: &Scenario,
+    seeds: &[u64],
+    jobs: usize,
+    overrides: Overrides,
+    run: fn(&WorldConfig) -> Result<RunRecord, SimError>,
+) -> (SweepSummary, Vec<Report>) {
     // Wall time of the sweep, for `wall_secs` and `seeds_per_sec`.
     #[allow(clippy::disallowed_methods)]
     let started = Instant::now();
     let jobs = jobs.clamp(1, SWEEP_JOBS_MAX).min(seeds.len().max(1));
-    let bar = if std::io::stderr().is_terminal() { indicatif::ProgressBar::new(seeds.len() as u64) } else { indicatif::ProgressBar::hidden() };
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(seeds.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<(u64, Result<Report, SimError>)>> = Mutex::new(Vec::with_capacity(seeds.len()));
     let failures = Arc::new(AtomicUsize::new(0));
@@ -171,11 +204,21 @@ mod tests {
 
     #[test]
     fn a_run_is_judged_with_its_repro_and_a_panic_is_an_error_not_a_crash() {
-        let r = run_seed_with(&scenario(), 2, Overrides { sink: Some(crate::scenario::SinkMode::Plain), checkpointing: None }, None, fake_world).unwrap();
+        let r = run_seed_with(
+            &scenario(),
+            2,
+            Overrides { sink: Some(crate::scenario::SinkMode::Plain), checkpointing: None },
+            None,
+            fake_world,
+        )
+        .unwrap();
         assert_eq!((r.verdict, r.repro.as_str()), ("pass", "floe run s --seed 2 --sink plain"));
         let bad = run_seed_with(&scenario(), 3, Overrides::default(), None, fake_world).unwrap();
         assert_eq!(bad.verdict, "fail");
-        assert_eq!(run_seed_with(&scenario(), 13, Overrides::default(), None, fake_world), Err(SimError::Panicked { seed: 13, message: "boom".into() }));
+        assert_eq!(
+            run_seed_with(&scenario(), 13, Overrides::default(), None, fake_world),
+            Err(SimError::Panicked { seed: 13, message: "boom".into() })
+        );
     }
 
     #[test]
@@ -202,7 +245,10 @@ mod tests {
         assert_eq!(summary.seeds, 16);
         assert_eq!(summary.failed_seeds, [1, 3, 5, 7, 9, 11, 15]);
         assert_eq!(summary.errors, [RunFailure { seed: 13, error: "seed 13: the run panicked: boom".into() }]);
-        assert_eq!(reports.iter().map(|r| r.seed).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 15]);
+        assert_eq!(
+            reports.iter().map(|r| r.seed).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 15]
+        );
         assert_eq!(summary.violations_by_check["exactly_once"], 7);
     }
 }

@@ -131,7 +131,10 @@ impl NodeName {
             "blob" => Some(NodeName::Blob),
             _ => {
                 let digits = s.strip_prefix("tm")?;
-                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || (digits.len() > 1 && digits.starts_with('0')) {
+                if digits.is_empty()
+                    || !digits.bytes().all(|b| b.is_ascii_digit())
+                    || (digits.len() > 1 && digits.starts_with('0'))
+                {
                     return None;
                 }
                 digits.parse().ok().filter(|i| *i < TASK_MANAGERS_MAX).map(NodeName::Tm)
@@ -162,7 +165,8 @@ pub enum CheckpointMode {
 
 impl CheckpointMode {
     /// The names, in order.
-    pub const NAMES: [(&'static str, CheckpointMode); 2] = [("exactly-once", CheckpointMode::ExactlyOnce), ("at-least-once", CheckpointMode::AtLeastOnce)];
+    pub const NAMES: [(&'static str, CheckpointMode); 2] =
+        [("exactly-once", CheckpointMode::ExactlyOnce), ("at-least-once", CheckpointMode::AtLeastOnce)];
     /// The scenario/CLI name.
     pub fn name(self) -> &'static str {
         Self::NAMES.iter().find(|(_, m)| *m == self).map_or("", |(n, _)| n)
@@ -180,7 +184,8 @@ pub enum SinkMode {
 
 impl SinkMode {
     /// The names, in order.
-    pub const NAMES: [(&'static str, SinkMode); 2] = [("transactional", SinkMode::Transactional), ("plain", SinkMode::Plain)];
+    pub const NAMES: [(&'static str, SinkMode); 2] =
+        [("transactional", SinkMode::Transactional), ("plain", SinkMode::Plain)];
     /// The scenario/CLI name.
     pub fn name(self) -> &'static str {
         Self::NAMES.iter().find(|(_, m)| *m == self).map_or("", |(n, _)| n)
@@ -188,7 +193,9 @@ impl SinkMode {
 }
 
 fn by_name<T: Copy>(names: &[(&'static str, T)], s: &str) -> Result<T, String> {
-    names.iter().find(|(n, _)| *n == s).map(|(_, v)| *v).ok_or_else(|| format!("unknown value '{s}'; valid values: {}", names.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")))
+    names.iter().find(|(n, _)| *n == s).map(|(_, v)| *v).ok_or_else(|| {
+        format!("unknown value '{s}'; valid values: {}", names.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "))
+    })
 }
 
 /// Parses a `--checkpointing` value.
@@ -299,7 +306,19 @@ pub enum FaultKind {
 }
 
 /// The fault kind names, in order.
-pub const FAULT_KINDS: [&str; 11] = ["crash", "partition", "clog", "latency", "loss", "pause", "fail_writes", "fail_fsyncs", "slow_writes", "blob_fail_puts", "blob_slow_puts"];
+pub const FAULT_KINDS: [&str; 11] = [
+    "crash",
+    "partition",
+    "clog",
+    "latency",
+    "loss",
+    "pause",
+    "fail_writes",
+    "fail_fsyncs",
+    "slow_writes",
+    "blob_fail_puts",
+    "blob_slow_puts",
+];
 
 impl FaultKind {
     /// The kind's name.
@@ -374,7 +393,11 @@ impl Seeds {
 
     /// Parses `A..B` (B excluded), `A..=B`, or a single `A`.
     pub fn parse(s: &str) -> Result<Seeds, String> {
-        let num = |t: &str| t.trim().parse::<u64>().map_err(|_| format!("'{s}' is not a seed range: want A..B (e.g. 0..100) or a number"));
+        let num = |t: &str| {
+            t.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("'{s}' is not a seed range: want A..B (e.g. 0..100) or a number"))
+        };
         let range = if let Some((a, b)) = s.split_once("..=") {
             num(a)?..num(b)?.checked_add(1).ok_or_else(|| format!("'{s}': end too large"))?
         } else if let Some((a, b)) = s.split_once("..") {
@@ -483,7 +506,12 @@ struct Cx<'t> {
 
 impl Cx<'_> {
     fn err(&self, span: &Range<usize>, field: &str, message: impl Into<String>) -> ScenarioError {
-        ScenarioError::Field { file: self.file.clone(), line: line_col(self.text, span.start).0, field: field.to_string(), message: message.into() }
+        ScenarioError::Field {
+            file: self.file.clone(),
+            line: line_col(self.text, span.start).0,
+            field: field.to_string(),
+            message: message.into(),
+        }
     }
 }
 
@@ -525,7 +553,11 @@ impl<'c, 'a, 'i> Tbl<'c, 'a, 'i> {
     fn check_keys(&self) -> R<()> {
         for (k, _) in self.table.iter() {
             if !self.valid.contains(&k.get_ref().as_ref()) {
-                return Err(self.cx.err(&k.span(), &self.field(k.get_ref()), format!("unknown field; valid fields: {}", self.valid.join(", "))));
+                return Err(self.cx.err(
+                    &k.span(),
+                    &self.field(k.get_ref()),
+                    format!("unknown field; valid fields: {}", self.valid.join(", ")),
+                ));
             }
         }
         Ok(())
@@ -547,14 +579,26 @@ impl<'c, 'a, 'i> Tbl<'c, 'a, 'i> {
     fn u64(&self, key: &str) -> R<Option<u64>> {
         let Some(v) = self.get(key) else { return Ok(None) };
         match v.get_ref() {
-            DeValue::Integer(i) => u64::from_str_radix(i.as_str(), i.radix()).map(Some).map_err(|_| self.cx.err(&v.span(), &self.field(key), format!("expected a non-negative integer, found {}", i.as_str()))),
+            DeValue::Integer(i) => u64::from_str_radix(i.as_str(), i.radix()).map(Some).map_err(|_| {
+                self.cx.err(
+                    &v.span(),
+                    &self.field(key),
+                    format!("expected a non-negative integer, found {}", i.as_str()),
+                )
+            }),
             _ => Err(self.type_err(key, v, "a non-negative integer")),
         }
     }
 
     fn u32(&self, key: &str) -> R<Option<u32>> {
         let Some(n) = self.u64(key)? else { return Ok(None) };
-        u32::try_from(n).map(Some).map_err(|_| self.cx.err(&self.get(key).map_or(self.span.clone(), |v| v.span()), &self.field(key), format!("{n} is too large (at most {})", u32::MAX)))
+        u32::try_from(n).map(Some).map_err(|_| {
+            self.cx.err(
+                &self.get(key).map_or(self.span.clone(), |v| v.span()),
+                &self.field(key),
+                format!("{n} is too large (at most {})", u32::MAX),
+            )
+        })
     }
 
     fn f64(&self, key: &str) -> R<Option<f64>> {
@@ -564,7 +608,11 @@ impl<'c, 'a, 'i> Tbl<'c, 'a, 'i> {
             DeValue::Integer(i) if i.radix() == 10 => i.as_str().to_string(),
             _ => return Err(self.type_err(key, v, "a number")),
         };
-        text.parse::<f64>().ok().filter(|f| f.is_finite()).map(Some).ok_or_else(|| self.cx.err(&v.span(), &self.field(key), format!("expected a finite number, found {text}")))
+        text.parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(Some)
+            .ok_or_else(|| self.cx.err(&v.span(), &self.field(key), format!("expected a finite number, found {text}")))
     }
 
     fn bool(&self, key: &str) -> R<Option<bool>> {
@@ -580,14 +628,23 @@ impl<'c, 'a, 'i> Tbl<'c, 'a, 'i> {
     fn strs(&self, key: &str) -> R<Option<Vec<Located<'a>>>> {
         let Some(v) = self.get(key) else { return Ok(None) };
         let Some(items) = v.get_ref().as_array() else { return Err(self.type_err(key, v, "an array of strings")) };
-        items.iter().map(|item| item.get_ref().as_str().map(|s| (s, item.span())).ok_or_else(|| self.type_err(key, item, "a string"))).collect::<R<Vec<_>>>().map(Some)
+        items
+            .iter()
+            .map(|item| {
+                item.get_ref().as_str().map(|s| (s, item.span())).ok_or_else(|| self.type_err(key, item, "a string"))
+            })
+            .collect::<R<Vec<_>>>()
+            .map(Some)
     }
 
     fn pair(&self, key: &str) -> R<Option<(u64, u64)>> {
         let Some(v) = self.get(key) else { return Ok(None) };
         let bad = || self.cx.err(&v.span(), &self.field(key), "expected [low, high] with 0 <= low <= high");
         let Some(items) = v.get_ref().as_array() else { return Err(bad()) };
-        let nums: Vec<u64> = items.iter().filter_map(|i| i.get_ref().as_integer().and_then(|n| u64::from_str_radix(n.as_str(), n.radix()).ok())).collect();
+        let nums: Vec<u64> = items
+            .iter()
+            .filter_map(|i| i.get_ref().as_integer().and_then(|n| u64::from_str_radix(n.as_str(), n.radix()).ok()))
+            .collect();
         match nums[..] {
             [a, b] if items.len() == 2 && a <= b => Ok(Some((a, b))),
             _ => Err(bad()),
@@ -607,14 +664,46 @@ impl<'c, 'a, 'i> Tbl<'c, 'a, 'i> {
     }
 }
 
-const ROOT_FIELDS: &[&str] = &["name", "description", "job", "seeds", "workload", "cluster", "checkpoint", "sink", "broker", "network", "fault", "faults", "expect"];
+const ROOT_FIELDS: &[&str] = &[
+    "name",
+    "description",
+    "job",
+    "seeds",
+    "workload",
+    "cluster",
+    "checkpoint",
+    "sink",
+    "broker",
+    "network",
+    "fault",
+    "faults",
+    "expect",
+];
 const WORKLOAD_FIELDS: &[&str] = &["lines", "words_per_line", "vocabulary", "skew", "partitions"];
-const CLUSTER_FIELDS: &[&str] = &["task_managers", "slots_per_tm", "parallelism", "max_parallelism", "heartbeat_timeout_ms"];
-const CHECKPOINT_FIELDS: &[&str] = &["interval_ms", "timeout_ms", "min_pause_ms", "max_concurrent", "tolerable_failures", "mode"];
+const CLUSTER_FIELDS: &[&str] =
+    &["task_managers", "slots_per_tm", "parallelism", "max_parallelism", "heartbeat_timeout_ms"];
+const CHECKPOINT_FIELDS: &[&str] =
+    &["interval_ms", "timeout_ms", "min_pause_ms", "max_concurrent", "tolerable_failures", "mode"];
 const SINK_FIELDS: &[&str] = &["mode"];
 const BROKER_FIELDS: &[&str] = &["transaction_timeout_ms"];
 const NETWORK_FIELDS: &[&str] = &["latency_ms", "packet_loss"];
-const FAULT_FIELDS: &[&str] = &["at_ms", "on", "checkpoint", "subtask", "delay_ms", "kind", "node", "nodes", "others", "one_way", "duration_ms", "restart_after_ms", "latency_ms", "rate", "after_ms"];
+const FAULT_FIELDS: &[&str] = &[
+    "at_ms",
+    "on",
+    "checkpoint",
+    "subtask",
+    "delay_ms",
+    "kind",
+    "node",
+    "nodes",
+    "others",
+    "one_way",
+    "duration_ms",
+    "restart_after_ms",
+    "latency_ms",
+    "rate",
+    "after_ms",
+];
 const FAULTS_FIELDS: &[&str] = &["random", "rate_per_sec", "kinds", "window_ms", "duration_ms"];
 const EXPECT_FIELDS: &[&str] = &["verdict", "fail", "liveness_bound_ms"];
 
@@ -626,7 +715,8 @@ impl Scenario {
     /// Reads and parses a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ScenarioError::Io { file: file.clone(), reason: e.to_string() })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ScenarioError::Io { file: file.clone(), reason: e.to_string() })?;
         let mut s = Scenario::parse(&file, &text)?;
         if s.name.is_empty() {
             s.name = path.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned());
@@ -640,7 +730,12 @@ impl Scenario {
         let cx = Cx { file: file.to_string(), text };
         let doc = DeTable::parse(text).map_err(|e| {
             let (line, column) = line_col(text, e.span().map_or(0, |s| s.start));
-            ScenarioError::Syntax { file: file.to_string(), line, column, message: e.message().trim().replace('\n', "; ") }
+            ScenarioError::Syntax {
+                file: file.to_string(),
+                line,
+                column,
+                message: e.message().trim().replace('\n', "; "),
+            }
         })?;
         let root_value: V<'_> = Spanned::new(0..0, DeValue::Table(doc.get_ref().clone()));
         let root = Tbl::new(&cx, String::new(), &root_value, ROOT_FIELDS)?;
@@ -657,7 +752,12 @@ impl Scenario {
                 DeValue::Array(items) => Seeds::List(
                     items
                         .iter()
-                        .map(|i| i.get_ref().as_integer().and_then(|n| u64::from_str_radix(n.as_str(), n.radix()).ok()).ok_or_else(|| cx.err(&i.span(), "seeds", "expected a non-negative integer seed")))
+                        .map(|i| {
+                            i.get_ref()
+                                .as_integer()
+                                .and_then(|n| u64::from_str_radix(n.as_str(), n.radix()).ok())
+                                .ok_or_else(|| cx.err(&i.span(), "seeds", "expected a non-negative integer seed"))
+                        })
                         .collect::<R<Vec<_>>>()?,
                 ),
                 DeValue::Integer(_) => Seeds::List(vec![root.u64("seeds")?.unwrap_or(0)]),
@@ -697,30 +797,50 @@ impl Scenario {
         };
         if let Some(w) = root.sub("workload", WORKLOAD_FIELDS)? {
             s.lines = w.u64("lines")?;
-            w.check("lines", s.lines.is_none_or(|n| (1..=WORKLOAD_LINES_MAX).contains(&n)), format!("must be in 1..={WORKLOAD_LINES_MAX}"))?;
+            w.check(
+                "lines",
+                s.lines.is_none_or(|n| (1..=WORKLOAD_LINES_MAX).contains(&n)),
+                format!("must be in 1..={WORKLOAD_LINES_MAX}"),
+            )?;
             s.words_per_line = w.u32("words_per_line")?;
             positive(&w, "words_per_line", s.words_per_line.map(u64::from))?;
             s.vocabulary = w.u32("vocabulary")?;
             positive(&w, "vocabulary", s.vocabulary.map(u64::from))?;
             s.skew = w.f64("skew")?;
-            w.check("skew", s.skew.is_none_or(|k| (0.0..=10.0).contains(&k)), "must be in 0.0..=10.0 (a zipf exponent)")?;
+            w.check(
+                "skew",
+                s.skew.is_none_or(|k| (0.0..=10.0).contains(&k)),
+                "must be in 0.0..=10.0 (a zipf exponent)",
+            )?;
             s.partitions = w.u32("partitions")?;
             w.check("partitions", s.partitions.is_none_or(|p| (1..=256).contains(&p)), "must be in 1..=256")?;
         }
         if let Some(c) = root.sub("cluster", CLUSTER_FIELDS)? {
             s.task_managers = c.u32("task_managers")?;
-            c.check("task_managers", s.task_managers.is_none_or(|n| (1..=TASK_MANAGERS_MAX).contains(&n)), format!("must be in 1..={TASK_MANAGERS_MAX}"))?;
+            c.check(
+                "task_managers",
+                s.task_managers.is_none_or(|n| (1..=TASK_MANAGERS_MAX).contains(&n)),
+                format!("must be in 1..={TASK_MANAGERS_MAX}"),
+            )?;
             s.slots_per_tm = c.u32("slots_per_tm")?;
             positive(&c, "slots_per_tm", s.slots_per_tm.map(u64::from))?;
             s.parallelism = c.u32("parallelism")?;
             positive(&c, "parallelism", s.parallelism.map(u64::from))?;
             s.max_parallelism = c.u32("max_parallelism")?;
-            c.check("max_parallelism", s.max_parallelism.is_none_or(|m| (1..=32_768).contains(&m)), "must be in 1..=32768 (Flink's bound)")?;
+            c.check(
+                "max_parallelism",
+                s.max_parallelism.is_none_or(|m| (1..=32_768).contains(&m)),
+                "must be in 1..=32768 (Flink's bound)",
+            )?;
             if let (Some(p), Some(m)) = (s.parallelism, s.max_parallelism) {
                 c.check("parallelism", p <= m, format!("{p} is more than max_parallelism {m}"))?;
             }
             if let (Some(p), Some(t), Some(k)) = (s.parallelism, s.task_managers, s.slots_per_tm) {
-                c.check("parallelism", u64::from(p) <= u64::from(t) * u64::from(k), format!("{p} needs more slots than {t} task managers × {k} slots"))?;
+                c.check(
+                    "parallelism",
+                    u64::from(p) <= u64::from(t) * u64::from(k),
+                    format!("{p} needs more slots than {t} task managers × {k} slots"),
+                )?;
             }
             s.heartbeat_timeout_ms = c.u64("heartbeat_timeout_ms")?;
             positive(&c, "heartbeat_timeout_ms", s.heartbeat_timeout_ms)?;
@@ -753,7 +873,9 @@ impl Scenario {
             n.check("packet_loss", s.packet_loss.is_none_or(|l| (0.0..1.0).contains(&l)), "must be in [0.0, 1.0)")?;
         }
         if let Some(v) = root.get("fault") {
-            let Some(items) = v.get_ref().as_array() else { return Err(root.type_err("fault", v, "an array of tables ([[fault]])")) };
+            let Some(items) = v.get_ref().as_array() else {
+                return Err(root.type_err("fault", v, "an array of tables ([[fault]])"));
+            };
             root.check("fault", items.len() <= FAULTS_MAX, format!("at most {FAULTS_MAX} faults"))?;
             for (i, item) in items.iter().enumerate() {
                 let f = Tbl::new(&cx, format!("fault[{i}]"), item, FAULT_FIELDS)?;
@@ -763,10 +885,36 @@ impl Scenario {
         if let Some(f) = root.sub("faults", FAULTS_FIELDS)? {
             if f.bool("random")?.unwrap_or(false) {
                 let rate_per_sec = f.f64("rate_per_sec")?;
-                f.check("rate_per_sec", rate_per_sec.is_none_or(|r| (0.0..=100.0).contains(&r)), "must be in 0.0..=100.0")?;
-                let kinds = f.strs("kinds")?.map(|ks| ks.into_iter().map(|(k, span)| if FAULT_KINDS.contains(&k) { Ok(k.to_string()) } else { Err(cx.err(&span, "faults.kinds", format!("unknown fault kind '{k}'; valid kinds: {}", FAULT_KINDS.join(", ")))) }).collect::<R<Vec<_>>>()).transpose()?;
+                f.check(
+                    "rate_per_sec",
+                    rate_per_sec.is_none_or(|r| (0.0..=100.0).contains(&r)),
+                    "must be in 0.0..=100.0",
+                )?;
+                let kinds = f
+                    .strs("kinds")?
+                    .map(|ks| {
+                        ks.into_iter()
+                            .map(|(k, span)| {
+                                if FAULT_KINDS.contains(&k) {
+                                    Ok(k.to_string())
+                                } else {
+                                    Err(cx.err(
+                                        &span,
+                                        "faults.kinds",
+                                        format!("unknown fault kind '{k}'; valid kinds: {}", FAULT_KINDS.join(", ")),
+                                    ))
+                                }
+                            })
+                            .collect::<R<Vec<_>>>()
+                    })
+                    .transpose()?;
                 f.check("kinds", kinds.as_ref().is_none_or(|k| !k.is_empty()), "must name at least one kind")?;
-                s.random_faults = Some(RandomFaults { rate_per_sec, kinds, window_ms: f.pair("window_ms")?, duration_ms: f.pair("duration_ms")? });
+                s.random_faults = Some(RandomFaults {
+                    rate_per_sec,
+                    kinds,
+                    window_ms: f.pair("window_ms")?,
+                    duration_ms: f.pair("duration_ms")?,
+                });
             } else {
                 for key in ["rate_per_sec", "kinds", "window_ms", "duration_ms"] {
                     f.check(key, f.get(key).is_none(), "random faults are off: set `random = true`")?;
@@ -795,10 +943,23 @@ impl Scenario {
 }
 
 fn parse_node(t: &Tbl<'_, '_, '_>, key: &str, s: &str, span: &Range<usize>, task_managers: Option<u32>) -> R<NodeName> {
-    let node = NodeName::parse(s).ok_or_else(|| t.cx.err(span, &t.field(key), format!("unknown node '{s}'; valid nodes: {}", NodeName::valid_names(task_managers))))?;
+    let node = NodeName::parse(s).ok_or_else(|| {
+        t.cx.err(
+            span,
+            &t.field(key),
+            format!("unknown node '{s}'; valid nodes: {}", NodeName::valid_names(task_managers)),
+        )
+    })?;
     if let (NodeName::Tm(i), Some(n)) = (node, task_managers) {
         if i >= n {
-            return Err(t.cx.err(span, &t.field(key), format!("unknown node '{s}': the cluster has {n} task managers; valid nodes: {}", NodeName::valid_names(task_managers))));
+            return Err(t.cx.err(
+                span,
+                &t.field(key),
+                format!(
+                    "unknown node '{s}': the cluster has {n} task managers; valid nodes: {}",
+                    NodeName::valid_names(task_managers)
+                ),
+            ));
         }
     }
     Ok(node)
@@ -806,8 +967,16 @@ fn parse_node(t: &Tbl<'_, '_, '_>, key: &str, s: &str, span: &Range<usize>, task
 
 fn parse_fault(f: &Tbl<'_, '_, '_>, task_managers: Option<u32>) -> R<FaultSpec> {
     let trigger = match (f.u64("at_ms")?, f.str("on")?) {
-        (Some(_), Some((_, span))) => return Err(f.cx.err(&span, &f.field("on"), "give either `at_ms` or `on`, not both")),
-        (None, None) => return Err(f.cx.err(&f.span, &f.field("at_ms"), "missing: a fault needs `at_ms = <ms>` or `on = \"<event>\"`")),
+        (Some(_), Some((_, span))) => {
+            return Err(f.cx.err(&span, &f.field("on"), "give either `at_ms` or `on`, not both"))
+        }
+        (None, None) => {
+            return Err(f.cx.err(
+                &f.span,
+                &f.field("at_ms"),
+                "missing: a fault needs `at_ms = <ms>` or `on = \"<event>\"`",
+            ))
+        }
         (Some(at_ms), None) => {
             for key in ["checkpoint", "subtask", "after_ms"] {
                 f.check(key, f.get(key).is_none(), "only for event triggers (`on = ...`)")?;
@@ -815,7 +984,8 @@ fn parse_fault(f: &Tbl<'_, '_, '_>, task_managers: Option<u32>) -> R<FaultSpec> 
             Trigger::At { at_ms }
         }
         (None, Some((on, span))) => Trigger::On {
-            event: by_name(&TriggerEvent::NAMES, on).map_err(|e| f.cx.err(&span, &f.field("on"), e.replace("valid values", "valid events")))?,
+            event: by_name(&TriggerEvent::NAMES, on)
+                .map_err(|e| f.cx.err(&span, &f.field("on"), e.replace("valid values", "valid events")))?,
             checkpoint: f.u64("checkpoint")?,
             subtask: f.u32("subtask")?,
             after_ms: f.u64("after_ms")?.unwrap_or(0),
@@ -825,14 +995,24 @@ fn parse_fault(f: &Tbl<'_, '_, '_>, task_managers: Option<u32>) -> R<FaultSpec> 
         None => return Err(f.missing("kind")),
         Some((k, span)) => {
             if !FAULT_KINDS.contains(&k) {
-                return Err(f.cx.err(&span, &f.field("kind"), format!("unknown fault kind '{k}'; valid kinds: {}", FAULT_KINDS.join(", "))));
+                return Err(f.cx.err(
+                    &span,
+                    &f.field("kind"),
+                    format!("unknown fault kind '{k}'; valid kinds: {}", FAULT_KINDS.join(", ")),
+                ));
             }
             k
         }
     };
     let mut nodes = Vec::new();
     match (f.str("node")?, f.strs("nodes")?) {
-        (Some(_), Some(_)) => return Err(f.cx.err(&f.get("nodes").map_or(f.span.clone(), |v| v.span()), &f.field("nodes"), "give either `node` or `nodes`, not both")),
+        (Some(_), Some(_)) => {
+            return Err(f.cx.err(
+                &f.get("nodes").map_or(f.span.clone(), |v| v.span()),
+                &f.field("nodes"),
+                "give either `node` or `nodes`, not both",
+            ))
+        }
         (Some((n, span)), None) => nodes.push(parse_node(f, "node", n, &span, task_managers)?),
         (None, Some(list)) => {
             for (n, span) in list {
@@ -855,11 +1035,23 @@ fn parse_fault(f: &Tbl<'_, '_, '_>, task_managers: Option<u32>) -> R<FaultSpec> 
     for key in ["restart_after_ms", "others", "one_way", "latency_ms", "rate"] {
         f.check(key, allowed.contains(&key) || f.get(key).is_none(), format!("not a field of a `{kind_name}` fault"))?;
     }
-    f.check("delay_ms", allowed.contains(&"delay_ms") || delay.is_none(), format!("not a field of a `{kind_name}` fault"))?;
+    f.check(
+        "delay_ms",
+        allowed.contains(&"delay_ms") || delay.is_none(),
+        format!("not a field of a `{kind_name}` fault"),
+    )?;
     finish_fault(f, trigger, kind_name, nodes, duration_ms, delay, task_managers)
 }
 
-fn finish_fault(f: &Tbl<'_, '_, '_>, trigger: Trigger, kind_name: &str, mut nodes: Vec<NodeName>, duration_ms: Option<u64>, delay: Option<u64>, task_managers: Option<u32>) -> R<FaultSpec> {
+fn finish_fault(
+    f: &Tbl<'_, '_, '_>,
+    trigger: Trigger,
+    kind_name: &str,
+    mut nodes: Vec<NodeName>,
+    duration_ms: Option<u64>,
+    delay: Option<u64>,
+    task_managers: Option<u32>,
+) -> R<FaultSpec> {
     let kind = match kind_name {
         "crash" => FaultKind::Crash { restart_after_ms: f.u64("restart_after_ms")? },
         "partition" => {
@@ -887,19 +1079,40 @@ fn finish_fault(f: &Tbl<'_, '_, '_>, trigger: Trigger, kind_name: &str, mut node
         "slow_writes" => FaultKind::SlowWrites { delay_ms: delay.ok_or_else(|| f.missing("delay_ms"))? },
         "blob_fail_puts" => FaultKind::BlobFailPuts,
         "blob_slow_puts" => FaultKind::BlobSlowPuts { delay_ms: delay.ok_or_else(|| f.missing("delay_ms"))? },
-        other => return Err(f.cx.err(&f.span, &f.field("kind"), format!("unknown fault kind '{other}'; valid kinds: {}", FAULT_KINDS.join(", ")))),
+        other => {
+            return Err(f.cx.err(
+                &f.span,
+                &f.field("kind"),
+                format!("unknown fault kind '{other}'; valid kinds: {}", FAULT_KINDS.join(", ")),
+            ))
+        }
     };
     let network_wide = matches!(kind, FaultKind::Latency { .. } | FaultKind::Loss { .. });
     let node_key = if f.get("nodes").is_some() { "nodes" } else { "node" };
     if network_wide {
         f.check(node_key, nodes.is_empty(), format!("a `{kind_name}` fault is network-wide: it takes no nodes"))?;
     } else if matches!(kind, FaultKind::BlobFailPuts | FaultKind::BlobSlowPuts { .. }) {
-        f.check(node_key, nodes.iter().all(|n| *n == NodeName::Blob), format!("a `{kind_name}` fault hits the blob store only: node = \"blob\""))?;
+        f.check(
+            node_key,
+            nodes.iter().all(|n| *n == NodeName::Blob),
+            format!("a `{kind_name}` fault hits the blob store only: node = \"blob\""),
+        )?;
         nodes = vec![NodeName::Blob];
     } else {
-        f.check(node_key, !nodes.is_empty(), format!("a `{kind_name}` fault needs `node = \"...\"` or `nodes = [...]`; valid nodes: {}", NodeName::valid_names(task_managers)))?;
+        f.check(
+            node_key,
+            !nodes.is_empty(),
+            format!(
+                "a `{kind_name}` fault needs `node = \"...\"` or `nodes = [...]`; valid nodes: {}",
+                NodeName::valid_names(task_managers)
+            ),
+        )?;
         if matches!(kind, FaultKind::FailWrites | FaultKind::FailFsyncs | FaultKind::SlowWrites { .. }) {
-            f.check(node_key, nodes.iter().all(|n| matches!(n, NodeName::Broker | NodeName::Blob)), format!("a `{kind_name}` fault hits a disk: only broker and blob have one"))?;
+            f.check(
+                node_key,
+                nodes.iter().all(|n| matches!(n, NodeName::Broker | NodeName::Blob)),
+                format!("a `{kind_name}` fault hits a disk: only broker and blob have one"),
+            )?;
         }
     }
     let needs_duration = !matches!(kind, FaultKind::Crash { .. });
@@ -1030,16 +1243,25 @@ impl Scenario {
         let vocabulary = draw(self.vocabulary.map(u64::from), 10, 1_000) as u32;
         let partitions = draw(self.partitions.map(u64::from), 1, 4) as u32;
         // Faults may name task managers: the cluster has at least those.
-        let named_tms = self.faults.iter().flat_map(|f| f.nodes.iter().chain(match &f.kind {
-            FaultKind::Partition { others, .. } => others.iter(),
-            _ => [].iter(),
-        }));
-        let tms_min = named_tms.filter_map(|n| if let NodeName::Tm(i) = n { Some(u64::from(*i) + 1) } else { None }).max().unwrap_or(1);
+        let named_tms = self.faults.iter().flat_map(|f| {
+            f.nodes.iter().chain(match &f.kind {
+                FaultKind::Partition { others, .. } => others.iter(),
+                _ => [].iter(),
+            })
+        });
+        let tms_min = named_tms
+            .filter_map(|n| if let NodeName::Tm(i) = n { Some(u64::from(*i) + 1) } else { None })
+            .max()
+            .unwrap_or(1);
         let task_managers = draw(self.task_managers.map(u64::from), tms_min, tms_min.max(4)) as u32;
         let slots_per_tm = draw(self.slots_per_tm.map(u64::from), 1, 4) as u32;
         let slots = u64::from(task_managers) * u64::from(slots_per_tm);
         let max_parallelism_fixed = self.max_parallelism.map(u64::from);
-        let parallelism = draw(self.parallelism.map(u64::from), 1, slots.min(8).min(max_parallelism_fixed.unwrap_or(u64::MAX)).max(1)) as u32;
+        let parallelism = draw(
+            self.parallelism.map(u64::from),
+            1,
+            slots.min(8).min(max_parallelism_fixed.unwrap_or(u64::MAX)).max(1),
+        ) as u32;
         let max_parallelism = match self.max_parallelism {
             Some(m) => m,
             None => {
@@ -1060,7 +1282,9 @@ impl Scenario {
             (lo, lo + r.gen_range(0..=20))
         });
         let skew = self.skew.unwrap_or_else(|| (r.gen_range(0..=150) as f64) / 100.0);
-        let packet_loss = self.packet_loss.unwrap_or_else(|| if r.gen_bool(0.5) { 0.0 } else { (r.gen_range(0..=10) as f64) / 100.0 });
+        let packet_loss =
+            self.packet_loss
+                .unwrap_or_else(|| if r.gen_bool(0.5) { 0.0 } else { (r.gen_range(0..=10) as f64) / 100.0 });
         let mut faults = self.faults.clone();
         if let Some(random) = &self.random_faults {
             faults.extend(draw_random_faults(random, seed, task_managers));
@@ -1095,7 +1319,12 @@ impl Scenario {
     /// catalog, else its path).
     pub fn cli_arg(&self) -> String {
         match &self.path {
-            Some(p) if find_in_catalog(&self.name).as_deref().map(Path::canonicalize).and_then(Result::ok) == p.canonicalize().ok() => self.name.clone(),
+            Some(p)
+                if find_in_catalog(&self.name).as_deref().map(Path::canonicalize).and_then(Result::ok)
+                    == p.canonicalize().ok() =>
+            {
+                self.name.clone()
+            }
             Some(p) => p.display().to_string(),
             None => self.name.clone(),
         }
@@ -1104,13 +1333,17 @@ impl Scenario {
 
 fn draw_random_faults(random: &RandomFaults, seed: u64, task_managers: u32) -> Vec<FaultSpec> {
     let mut r = rng(seed, Stream::Faults);
-    let kinds: Vec<String> = random.kinds.clone().unwrap_or_else(|| FAULT_KINDS.iter().map(|k| k.to_string()).collect());
+    let kinds: Vec<String> =
+        random.kinds.clone().unwrap_or_else(|| FAULT_KINDS.iter().map(|k| k.to_string()).collect());
     let (start, end) = random.window_ms.unwrap_or((200, 200 + r.gen_range(1_000..=10_000)));
     let (dur_lo, dur_hi) = random.duration_ms.unwrap_or((50, r.gen_range(100..=3_000)));
     let rate = random.rate_per_sec.unwrap_or_else(|| (r.gen_range(1..=20) as f64) / 10.0);
     let expected = rate * (end - start) as f64 / 1000.0;
     let count = ((expected * (0.5 + r.gen::<f64>())).round() as u64).min(RANDOM_FAULTS_MAX);
-    let all_nodes: Vec<NodeName> = [NodeName::Jm, NodeName::Broker, NodeName::Blob].into_iter().chain((0..task_managers).map(NodeName::Tm)).collect();
+    let all_nodes: Vec<NodeName> = [NodeName::Jm, NodeName::Broker, NodeName::Blob]
+        .into_iter()
+        .chain((0..task_managers).map(NodeName::Tm))
+        .collect();
     let mut faults = Vec::new();
     for _ in 0..count {
         let at_ms = r.gen_range(start..=end);
@@ -1132,7 +1365,10 @@ fn draw_random_faults(random: &RandomFaults, seed: u64, task_managers: u32) -> V
             "pause" => (FaultKind::Pause, vec![pick(&mut r, &all_nodes)]),
             "fail_writes" => (FaultKind::FailWrites, vec![pick(&mut r, &[NodeName::Broker, NodeName::Blob])]),
             "fail_fsyncs" => (FaultKind::FailFsyncs, vec![pick(&mut r, &[NodeName::Broker, NodeName::Blob])]),
-            "slow_writes" => (FaultKind::SlowWrites { delay_ms: r.gen_range(1..=100) }, vec![pick(&mut r, &[NodeName::Broker, NodeName::Blob])]),
+            "slow_writes" => (
+                FaultKind::SlowWrites { delay_ms: r.gen_range(1..=100) },
+                vec![pick(&mut r, &[NodeName::Broker, NodeName::Blob])],
+            ),
             "blob_fail_puts" => (FaultKind::BlobFailPuts, vec![NodeName::Blob]),
             _ => (FaultKind::BlobSlowPuts { delay_ms: r.gen_range(1..=500) }, vec![NodeName::Blob]),
         };
@@ -1292,14 +1528,30 @@ fail = ["exactly_once"]
     #[test]
     fn a_full_scenario_parses() {
         let s = Scenario::parse("t.toml", GOOD).unwrap();
-        assert_eq!((s.name.as_str(), s.job, s.sink_mode, s.parallelism), ("t", JobKind::WordCount, SinkMode::Plain, Some(3)));
+        assert_eq!(
+            (s.name.as_str(), s.job, s.sink_mode, s.parallelism),
+            ("t", JobKind::WordCount, SinkMode::Plain, Some(3))
+        );
         assert_eq!(s.seeds, Seeds::List(vec![1, 2]));
         assert_eq!(s.expect, Expect::Fail(vec!["exactly_once".into()]));
-        assert_eq!(s.faults[0], FaultSpec { trigger: Trigger::At { at_ms: 500 }, kind: FaultKind::Crash { restart_after_ms: Some(300) }, nodes: vec![NodeName::Tm(1)], duration_ms: None });
+        assert_eq!(
+            s.faults[0],
+            FaultSpec {
+                trigger: Trigger::At { at_ms: 500 },
+                kind: FaultKind::Crash { restart_after_ms: Some(300) },
+                nodes: vec![NodeName::Tm(1)],
+                duration_ms: None
+            }
+        );
         assert_eq!(
             s.faults[1],
             FaultSpec {
-                trigger: Trigger::On { event: TriggerEvent::CheckpointAligning, checkpoint: Some(3), subtask: Some(1), after_ms: 0 },
+                trigger: Trigger::On {
+                    event: TriggerEvent::CheckpointAligning,
+                    checkpoint: Some(3),
+                    subtask: Some(1),
+                    after_ms: 0
+                },
                 kind: FaultKind::Partition { others: vec![NodeName::Tm(0), NodeName::Tm(1)], one_way: true },
                 nodes: vec![NodeName::Jm],
                 duration_ms: Some(1000)
@@ -1356,15 +1608,23 @@ fail = ["exactly_once"]
         let fixed = Scenario::parse("f.toml", GOOD).unwrap();
         for seed in 0..10 {
             let w = fixed.resolve(seed, Overrides { checkpointing: Some(CheckpointMode::AtLeastOnce), sink: None });
-            assert_eq!((w.task_managers, w.slots_per_tm, w.parallelism, w.checkpoint_interval_ms, w.workload.lines), (2, 2, 3, 100, 10));
-            assert_eq!((w.checkpoint_mode, w.sink_mode, w.latency_ms, w.packet_loss), (CheckpointMode::AtLeastOnce, SinkMode::Plain, (1, 10), 0.05));
+            assert_eq!(
+                (w.task_managers, w.slots_per_tm, w.parallelism, w.checkpoint_interval_ms, w.workload.lines),
+                (2, 2, 3, 100, 10)
+            );
+            assert_eq!(
+                (w.checkpoint_mode, w.sink_mode, w.latency_ms, w.packet_loss),
+                (CheckpointMode::AtLeastOnce, SinkMode::Plain, (1, 10), 0.05)
+            );
             assert_eq!(w.faults, fixed.faults);
         }
     }
 
     #[test]
     fn faults_naming_a_task_manager_make_the_swarm_draw_enough_of_them() {
-        let s = Scenario::parse("f.toml", "job = \"word-count\"\n[[fault]]\nat_ms = 1\nkind = \"crash\"\nnode = \"tm5\"\n").unwrap();
+        let s =
+            Scenario::parse("f.toml", "job = \"word-count\"\n[[fault]]\nat_ms = 1\nkind = \"crash\"\nnode = \"tm5\"\n")
+                .unwrap();
         assert!((0..20).all(|seed| s.resolve(seed, Overrides::default()).task_managers >= 6));
     }
 
@@ -1388,7 +1648,10 @@ fail = ["exactly_once"]
         assert_eq!(Seeds::parse("3..6").unwrap().to_vec(), [3, 4, 5]);
         assert_eq!(Seeds::parse("3..=4").unwrap().to_vec(), [3, 4]);
         assert_eq!(Seeds::parse("7").unwrap().to_vec(), [7]);
-        assert_eq!(Seeds::parse("x..3").unwrap_err(), "'x..3' is not a seed range: want A..B (e.g. 0..100) or a number");
+        assert_eq!(
+            Seeds::parse("x..3").unwrap_err(),
+            "'x..3' is not a seed range: want A..B (e.g. 0..100) or a number"
+        );
         assert!(Seeds::parse("0..18446744073709551615").is_err());
     }
 
@@ -1407,7 +1670,16 @@ fail = ["exactly_once"]
 
     #[test]
     fn node_names_parse_strictly() {
-        let cases: &[(&str, Option<NodeName>)] = &[("jm", Some(NodeName::Jm)), ("tm0", Some(NodeName::Tm(0))), ("tm12", Some(NodeName::Tm(12))), ("tm01", None), ("tm", None), ("tm-1", None), ("TM0", None), ("blob", Some(NodeName::Blob))];
+        let cases: &[(&str, Option<NodeName>)] = &[
+            ("jm", Some(NodeName::Jm)),
+            ("tm0", Some(NodeName::Tm(0))),
+            ("tm12", Some(NodeName::Tm(12))),
+            ("tm01", None),
+            ("tm", None),
+            ("tm-1", None),
+            ("TM0", None),
+            ("blob", Some(NodeName::Blob)),
+        ];
         for (s, want) in cases {
             assert_eq!(NodeName::parse(s), *want, "{s}");
         }

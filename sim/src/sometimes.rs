@@ -108,7 +108,12 @@ pub fn count(record: &RunRecord) -> Sometimes {
                 _ => {}
             }
         }
-        let committed_after: BTreeSet<u64> = record.events.iter().filter(|e| at_ms(e) > t && e.name == names::SINK_COMMITTED).filter_map(|e| e.fields.get("txn").and_then(|t| txn_checkpoint(t))).collect();
+        let committed_after: BTreeSet<u64> = record
+            .events
+            .iter()
+            .filter(|e| at_ms(e) > t && e.name == names::SINK_COMMITTED)
+            .filter_map(|e| e.fields.get("txn").and_then(|t| txn_checkpoint(t)))
+            .collect();
         let hits_tm = fault.nodes.iter().any(|n| n.starts_with("tm"));
         let hits_jm = fault.nodes.iter().any(|n| n == "jm");
         if hits_tm && !aligning.is_empty() {
@@ -156,7 +161,8 @@ mod tests {
             let mut r = good_word_count();
             r.faults = vec![crash(*t, node)];
             let c = count(&r);
-            let reached: Vec<&str> = c.iter().filter(|(k, v)| **v > 0 && *k != "restarts").map(|(k, _)| k.as_str()).collect();
+            let reached: Vec<&str> =
+                c.iter().filter(|(k, v)| **v > 0 && *k != "restarts").map(|(k, _)| k.as_str()).collect();
             assert_eq!(reached, *want, "crash of {node} at {t}");
         }
         let mut r = good_word_count();
@@ -172,7 +178,10 @@ mod tests {
         r.events.push(TraceEvent::at_ms(301, "tm0", "zombie_fenced", &[("attempt", "1")]));
         r.events.push(TraceEvent::at_ms(302, "jm", "deployed", &[("attempt", "3"), ("restored_from", "2")]));
         let c = count(&r);
-        assert_eq!((c["checkpoint_expired"], c["zombie_fenced"], c["restore_from_checkpoint_2_plus"], c["restarts"]), (1, 1, 1, 2));
+        assert_eq!(
+            (c["checkpoint_expired"], c["zombie_fenced"], c["restore_from_checkpoint_2_plus"], c["restarts"]),
+            (1, 1, 1, 2)
+        );
         let mut total = empty();
         add(&mut total, &c);
         add(&mut total, &c);

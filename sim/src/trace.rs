@@ -288,12 +288,23 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for TraceLayer {
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let mut v = FieldsVisitor::default();
         event.record(&mut v);
-        let mut node = ctx.event_scope(event).and_then(|scope| scope.into_iter().find_map(|span| span.extensions().get::<NodeName>().map(|n| n.0.clone())));
+        let mut node = ctx.event_scope(event).and_then(|scope| {
+            scope.into_iter().find_map(|span| span.extensions().get::<NodeName>().map(|n| n.0.clone()))
+        });
         if node.is_none() {
             node = v.fields.remove("node");
         }
-        let name = v.fields.remove("event").or_else(|| v.fields.remove("message")).unwrap_or_else(|| event.metadata().name().to_string());
-        self.capture.push(TraceEvent { at_ns: self.now_ns(), node: node.unwrap_or_else(|| "main".into()), name, fields: v.fields });
+        let name = v
+            .fields
+            .remove("event")
+            .or_else(|| v.fields.remove("message"))
+            .unwrap_or_else(|| event.metadata().name().to_string());
+        self.capture.push(TraceEvent {
+            at_ns: self.now_ns(),
+            node: node.unwrap_or_else(|| "main".into()),
+            name,
+            fields: v.fields,
+        });
     }
 }
 
@@ -312,7 +323,10 @@ mod tests {
         let events = capture.events();
         assert_eq!(events.len(), 2);
         assert_eq!((events[0].node.as_str(), events[0].name.as_str()), ("tm1", "sink_committed"));
-        assert_eq!(events[0].fields, BTreeMap::from([("checkpoint".into(), "3".into()), ("txn".into(), "job-sink-0-3".into())]));
+        assert_eq!(
+            events[0].fields,
+            BTreeMap::from([("checkpoint".into(), "3".into()), ("txn".into(), "job-sink-0-3".into())])
+        );
         assert_eq!((events[1].node.as_str(), events[1].name.as_str()), ("main", "deployed"));
         assert_eq!(events[1].fields["restored_from"], "Some(1)");
         assert_eq!(capture.events_seen(), 2);
@@ -351,7 +365,8 @@ mod tests {
 
     #[test]
     fn json_lines_round_trip() {
-        let events = vec![TraceEvent::at_ms(5, "jm", "deployed", &[("attempt", "1")]), TraceEvent::at_ms(6, "tm0", "x", &[])];
+        let events =
+            vec![TraceEvent::at_ms(5, "jm", "deployed", &[("attempt", "1")]), TraceEvent::at_ms(6, "tm0", "x", &[])];
         let mut out = Vec::new();
         write_json_lines(&events, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
@@ -367,7 +382,11 @@ mod tests {
             let rt = madsim::runtime::Runtime::with_seed_and_config(7, madsim::Config::default());
             rt.block_on(async {
                 tracing::info!("harness_started");
-                let node = madsim::runtime::Handle::current().create_node().name("tm3").ip("10.0.1.4".parse().unwrap()).build();
+                let node = madsim::runtime::Handle::current()
+                    .create_node()
+                    .name("tm3")
+                    .ip("10.0.1.4".parse().unwrap())
+                    .build();
                 node.spawn(async {
                     madsim::time::sleep(std::time::Duration::from_millis(250)).await;
                     tracing::info!(checkpoint = 1, "checkpoint_aligning");
@@ -380,7 +399,8 @@ mod tests {
         // A fresh OS thread per run, as `run.rs` does.
         #[allow(clippy::disallowed_methods)]
         std::thread::spawn(move || c.install(run)).join().unwrap();
-        let events: Vec<_> = capture.events().into_iter().filter(|e| e.name != "harness_started" || e.node == "main").collect();
+        let events: Vec<_> =
+            capture.events().into_iter().filter(|e| e.name != "harness_started" || e.node == "main").collect();
         let aligning = events.iter().find(|e| e.name == "checkpoint_aligning").expect("captured");
         assert_eq!(aligning.node, "tm3");
         assert!((250_000_000..260_000_000).contains(&aligning.at_ns), "virtual time: {}", aligning.at_ns);

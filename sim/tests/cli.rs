@@ -6,7 +6,12 @@ use std::process::{Command, Output};
 
 fn floe(args: &[&str]) -> Output {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    Command::new(env!("CARGO_BIN_EXE_floe")).args(args).current_dir(root).env_remove("FLOE_SCENARIOS").output().expect("the floe binary runs")
+    Command::new(env!("CARGO_BIN_EXE_floe"))
+        .args(args)
+        .current_dir(root)
+        .env_remove("FLOE_SCENARIOS")
+        .output()
+        .expect("the floe binary runs")
 }
 
 fn temp_file(name: &str, text: &str) -> PathBuf {
@@ -22,15 +27,27 @@ fn list_shows_every_example_scenario_with_its_description() {
     let out = floe(&["list"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
-    for name in ["word-count-calm", "crash-tm-during-alignment", "jm-crash-and-partition", "plain-sink-duplicates", "at-least-once-alignment", "random-faults"] {
+    for name in [
+        "word-count-calm",
+        "crash-tm-during-alignment",
+        "jm-crash-and-partition",
+        "plain-sink-duplicates",
+        "at-least-once-alignment",
+        "random-faults",
+    ] {
         assert!(text.lines().any(|l| l.starts_with(name)), "{name} listed:\n{text}");
     }
-    assert!(text.contains("Positive control: a plain (non-transactional) sink must be caught duplicating after a crash."));
+    assert!(
+        text.contains("Positive control: a plain (non-transactional) sink must be caught duplicating after a crash.")
+    );
 }
 
 #[test]
 fn a_malformed_scenario_exits_2_naming_file_line_and_field() {
-    let path = temp_file("bad.toml", "job = \"word-count\"\n[[fault]]\nat_ms = 10\nkind = \"crash\"\nnode = \"tm7\"\n[cluster]\ntask_managers = 2\n");
+    let path = temp_file(
+        "bad.toml",
+        "job = \"word-count\"\n[[fault]]\nat_ms = 10\nkind = \"crash\"\nnode = \"tm7\"\n[cluster]\ntask_managers = 2\n",
+    );
     let out = floe(&["run", path.to_str().unwrap(), "--seed", "3"]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
@@ -58,7 +75,8 @@ fn unknown_names_and_bad_arguments_exit_2() {
 fn a_run_without_the_cluster_exits_3_with_a_clear_message() {
     let out = floe(&["run", "word-count-calm", "--seed", "1"]);
     assert_eq!(out.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("the cluster (job manager and task managers) is not in this build yet"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("the cluster (job manager and task managers) is not in this build yet"));
     let out = floe(&["sweep", "word-count-calm", "--seeds", "0..2", "--json"]);
     assert_eq!(out.status.code(), Some(3));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
