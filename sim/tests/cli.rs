@@ -1,0 +1,85 @@
+//! The `floe` binary end to end: the catalog, bad input (exit 2 with file, line, field), and the
+//! exit status of a run that cannot build its world yet.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn floe(args: &[&str]) -> Output {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    Command::new(env!("CARGO_BIN_EXE_floe"))
+        .args(args)
+        .current_dir(root)
+        .env_remove("FLOE_SCENARIOS")
+        .output()
+        .expect("the floe binary runs")
+}
+
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("floe-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn list_shows_every_example_scenario_with_its_description() {
+    let out = floe(&["list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for name in [
+        "word-count-calm",
+        "crash-tm-during-alignment",
+        "jm-crash-and-partition",
+        "plain-sink-duplicates",
+        "at-least-once-alignment",
+        "random-faults",
+    ] {
+        assert!(text.lines().any(|l| l.starts_with(name)), "{name} listed:\n{text}");
+    }
+    assert!(
+        text.contains("Positive control: a plain (non-transactional) sink must be caught duplicating after a crash.")
+    );
+}
+
+#[test]
+fn a_malformed_scenario_exits_2_naming_file_line_and_field() {
+    let path = temp_file(
+        "bad.toml",
+        "job = \"word-count\"\n[[fault]]\nat_ms = 10\nkind = \"crash\"\nnode = \"tm7\"\n[cluster]\ntask_managers = 2\n",
+    );
+    let out = floe(&["run", path.to_str().unwrap(), "--seed", "3"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        format!("error: {}:5: field `fault[0].node`: unknown node 'tm7': the cluster has 2 task managers; valid nodes: jm, tm0..tm1, broker, blob\n", path.display())
+    );
+    let out = floe(&["sweep", path.to_str().unwrap(), "--seeds", "0..3"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn unknown_names_and_bad_arguments_exit_2() {
+    let out = floe(&["run", "no-such-scenario"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no scenario named 'no-such-scenario'"));
+    let out = floe(&["sweep", "word-count-calm", "--seeds", "9..2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "error: --seeds: '9..2' is an empty seed range\n");
+    let out = floe(&["run", "word-count-calm", "--sink", "2pc"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown value '2pc'; valid values: transactional, plain"));
+}
+
+#[test]
+fn a_run_without_the_cluster_exits_3_with_a_clear_message() {
+    let out = floe(&["run", "word-count-calm", "--seed", "1"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("the cluster (job manager and task managers) is not in this build yet"));
+    let out = floe(&["sweep", "word-count-calm", "--seeds", "0..2", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["seeds"], 2);
+    assert_eq!(json["errors"].as_array().map(Vec::len), Some(2));
+}
