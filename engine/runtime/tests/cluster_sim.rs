@@ -9,40 +9,24 @@
 
 use floe_runtime::cluster::jobs::{decode_bucket_record, decode_word_count, words, JobRegistry, JobSpec, BUCKETS};
 use floe_runtime::cluster::protocol::{JobState, JobStatusReport};
-use floe_runtime::cluster::sim::{ClusterNode, SimCluster, SimClusterConfig};
+use floe_runtime::cluster::sim::{ClusterNode, SimCluster, SimClusterConfig, simulate, test_seeds};
 use floe_runtime::disk::TornTail;
-use madsim::runtime::Runtime;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Runs `f` in a fresh runtime on a fresh thread; on failure, prints how to rerun the seed.
 fn sim<F, Fut>(test: &str, seed: u64, f: F)
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    #[allow(clippy::disallowed_methods)] // a fresh OS thread per simulation (MADSIM.md)
-    let outcome = std::thread::spawn(move || {
-        let mut rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
-        rt.set_time_limit(Duration::from_secs(900));
-        rt.block_on(f())
-    })
-    .join();
-    if let Err(panic) = outcome {
-        eprintln!("{test} failed with seed {seed}; rerun it with: FLOE_SEED={seed} cargo test -p floe-runtime --test cluster_sim {test}");
-        std::panic::resume_unwind(panic);
-    }
+    simulate(seed, Duration::from_secs(900), &format!("FLOE_SEED={seed} cargo test -p floe-runtime --test cluster_sim {test}"), f)
 }
 
-/// The seeds a test runs: `FLOE_SEED` alone if set, else `count` seeds from `first`.
 fn seeds(first: u64, count: u64) -> Vec<u64> {
-    match std::env::var("FLOE_SEED").ok().and_then(|s| s.parse().ok()) {
-        Some(seed) => vec![seed],
-        None => (first..first + count).collect(),
-    }
+    test_seeds(first, count)
 }
 
 /// Deterministic input lines drawn from the seed.

@@ -11,6 +11,7 @@ use floe_core::coordinator::{CheckpointMetadata, OperatorCheckpoint, SubtaskStat
 use floe_core::element::Barrier;
 use floe_core::graph::ExecutionGraph;
 use floe_core::ids::{AttemptId, CheckpointId, Offset, OperatorId, PartitionId, SubtaskId, TaskManagerId};
+use floe_runtime::cluster::sim::{simulate, test_seeds};
 use floe_runtime::blob::{run_blob_server, BlobFaults};
 use floe_runtime::broker::{run_broker_server, BrokerClient, BrokerConfig, IsolationLevel, Producer, Record, RetryPolicy};
 use floe_runtime::cluster::jobs::{decode_word_count, words, JobRegistry, JobSpec};
@@ -19,7 +20,7 @@ use floe_runtime::cluster::task_manager::{run_task_manager, TaskManagerConfig};
 use floe_runtime::cluster::{JM_RPC_PORT, TM_DATA_PORT, TM_RPC_PORT};
 use floe_runtime::disk::SimDisk;
 use floe_runtime::transport::{serve, RpcClient, RpcConfig};
-use madsim::runtime::{Handle, NodeHandle, Runtime};
+use madsim::runtime::{Handle, NodeHandle};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -44,24 +45,11 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    #[allow(clippy::disallowed_methods)] // a fresh OS thread per simulation (MADSIM.md)
-    let outcome = std::thread::spawn(move || {
-        let mut rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
-        rt.set_time_limit(Duration::from_secs(600));
-        rt.block_on(f())
-    })
-    .join();
-    if let Err(panic) = outcome {
-        eprintln!("{test} failed with seed {seed}; rerun: FLOE_SEED={seed} cargo test -p floe-runtime --test tm_sim {test}");
-        std::panic::resume_unwind(panic);
-    }
+    simulate(seed, Duration::from_secs(900), &format!("FLOE_SEED={seed} cargo test -p floe-runtime --test tm_sim {test}"), f)
 }
 
 fn seeds(first: u64, count: u64) -> Vec<u64> {
-    match std::env::var("FLOE_SEED").ok().and_then(|s| s.parse().ok()) {
-        Some(seed) => vec![seed],
-        None => (first..first + count).collect(),
-    }
+    test_seeds(first, count)
 }
 
 fn input_lines(seed: u64, n: usize) -> Vec<String> {

@@ -389,3 +389,37 @@ async fn retry_forever<T, E: std::fmt::Display, Fut: Future<Output = Result<T, E
         }
     }
 }
+
+/// Runs `f` in a fresh madsim runtime seeded with `seed`, on a fresh OS thread (MADSIM.md: std
+/// `HashMap` order is deterministic only for the first runtime on a thread), bounded by
+/// `time_limit` of simulated time. If it panics, prints `seed` and `rerun` — the one command that
+/// reproduces the failure — and resumes the panic.
+pub fn simulate<T, F, Fut>(seed: u64, time_limit: Duration, rerun: &str, f: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+{
+    #[allow(clippy::disallowed_methods, reason = "a fresh OS thread per simulation (MADSIM.md)")]
+    let outcome = std::thread::spawn(move || {
+        let mut rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        rt.set_time_limit(time_limit);
+        rt.block_on(f())
+    })
+    .join();
+    match outcome {
+        Ok(value) => value,
+        Err(panic) => {
+            eprintln!("failed with seed {seed}; rerun it with: {rerun}");
+            std::panic::resume_unwind(panic)
+        }
+    }
+}
+
+/// The seeds a test runs: `FLOE_SEED` alone if it is set, else `count` seeds from `first`.
+pub fn test_seeds(first: u64, count: u64) -> Vec<u64> {
+    match std::env::var("FLOE_SEED").ok().and_then(|s| s.parse().ok()) {
+        Some(seed) => vec![seed],
+        None => (first..first + count).collect(),
+    }
+}

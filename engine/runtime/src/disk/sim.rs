@@ -141,6 +141,7 @@ impl SimDisk {
         state.files.retain(|_, file| file.crash(keep_tail));
     }
 
+    /// Sets the injected faults (replacing the previous ones).
     pub fn set_faults(&self, faults: DiskFaults) {
         self.lock().faults = faults;
     }
