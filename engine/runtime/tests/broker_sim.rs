@@ -7,7 +7,8 @@ use floe_runtime::broker::*;
 use floe_runtime::disk::{Disk, DiskFaults, SimDisk, TornTail};
 use floe_runtime::transport::RpcConfig;
 use madsim::rand::{thread_rng, Rng};
-use madsim::runtime::{Handle, NodeHandle, Runtime};
+use floe_runtime::cluster::sim::{simulate, test_seeds};
+use madsim::runtime::{Handle, NodeHandle};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,26 +29,13 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = T> + 'static,
 {
-    #[allow(clippy::disallowed_methods)] // a fresh OS thread per simulation (MADSIM.md)
-    let outcome = std::thread::spawn(move || {
-        let mut rt = Runtime::with_seed_and_config(seed, madsim::Config::default());
-        rt.set_time_limit(Duration::from_secs(600));
-        rt.block_on(f())
-    })
-    .join();
-    match outcome {
-        Ok(value) => value,
-        Err(panic) => {
-            eprintln!("failed with seed {seed}: run this seed alone to reproduce");
-            std::panic::resume_unwind(panic);
-        }
-    }
+    simulate(seed, Duration::from_secs(600), &format!("FLOE_SEED={seed} cargo test -p floe-runtime --test broker_sim"), f)
 }
 
-/// Seeds per multi-seed test: `FLOE_BROKER_SEEDS` (default 4).
-fn seeds(first: u64) -> std::ops::RangeInclusive<u64> {
+/// Seeds per multi-seed test: `FLOE_BROKER_SEEDS` (default 4), or `FLOE_SEED` alone.
+fn seeds(first: u64) -> Vec<u64> {
     let n: u64 = std::env::var("FLOE_BROKER_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
-    first..=first + n.max(1) - 1
+    test_seeds(first, n.max(1))
 }
 
 fn broker_node(disk: SimDisk, config: BrokerConfig) -> NodeHandle {
