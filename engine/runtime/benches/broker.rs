@@ -6,7 +6,7 @@
 //! in a temporary directory (real fsyncs).
 //!
 //! `cargo bench -p floe-runtime --bench broker` (sim) or
-//! `RUSTFLAGS= cargo bench -p floe-runtime --bench broker --target-dir target/real` (real).
+//! `RUSTFLAGS= RUSTDOCFLAGS= cargo bench -p floe-runtime --bench broker --target-dir target/real` (real).
 #![allow(clippy::disallowed_methods)] // wall-clock timing of a benchmark, outside the simulation
 
 use floe_core::ids::PartitionId;

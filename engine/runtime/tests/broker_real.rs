@@ -1,6 +1,6 @@
 //! The broker on real tokio: loopback TCP on an ephemeral port, `RealDisk` in a temporary
 //! directory, a restart that recovers from the files. Run with
-//! `RUSTFLAGS= cargo test -p floe-runtime --target-dir target/real --test broker_real`.
+//! `RUSTFLAGS= RUSTDOCFLAGS= cargo test -p floe-runtime --target-dir target/real --test broker_real`.
 #![cfg(not(madsim))]
 
 use floe_core::ids::{Offset, PartitionId};

@@ -1,7 +1,7 @@
 //! The same cluster for real: job manager, two task managers, broker and blob store as tasks of
 //! one process, over real TCP on loopback addresses (each node its own 127.x address, so the fixed
 //! ports do not clash) and real files in a temporary directory. Runs in the real-mode build:
-//! `RUSTFLAGS= cargo test -p floe-runtime --target-dir target/real --test cluster_real`.
+//! `RUSTFLAGS= RUSTDOCFLAGS= cargo test -p floe-runtime --target-dir target/real --test cluster_real`.
 #![cfg(not(madsim))]
 
 use floe_core::ids::{Offset, PartitionId, TaskManagerId};
