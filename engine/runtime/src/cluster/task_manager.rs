@@ -34,15 +34,18 @@ use crate::cluster::{TM_DATA_PORT, TM_RPC_PORT};
 use crate::transport::channel::DataReceiver;
 use crate::transport::{serve, RpcClient, RpcConfig};
 use floe_core::element::Barrier;
-use floe_core::ids::{AttemptId, ChannelIndex, SubtaskId, TaskManagerId};
+use floe_core::ids::{AttemptId, ChannelIndex, CheckpointId, SubtaskId, TaskManagerId};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use wire::{ChannelElement, HelloReply};
 
+/// How long a `NotifyComplete` waits for the subtasks to carry it out (below the JM's call
+/// timeout, so the JM hears an answer).
+pub const COMMIT_CONFIRM_MS: u64 = 750;
 /// Control messages waiting for one subtask; more are refused (the JM retries or times out).
 pub const CONTROL_QUEUE_MAX: usize = 256;
 /// A data connection waits this long for its consumer subtask to be deployed.
@@ -100,7 +103,12 @@ pub async fn run_task_manager(config: TaskManagerConfig) -> std::io::Result<()> 
     let _data = AbortOnDrop(tokio::spawn(accept_data(data_listener, tm.clone())));
     serve(rpc_listener, move |request: TmRequest| {
         let tm = tm.clone();
-        async move { tm.handle(request) }
+        async move {
+            match request {
+                TmRequest::NotifyComplete { attempt, checkpoint_id } => tm.notify_complete(attempt, checkpoint_id).await,
+                other => tm.handle(other),
+            }
+        }
     })
     .await
 }
@@ -137,6 +145,8 @@ struct SubtaskHandle {
     inputs: mpsc::Sender<InputChannel>,
     /// (edge, producer) → the channel's index in this subtask's input gate.
     gate: BTreeMap<(usize, SubtaskId), ChannelIndex>,
+    /// The newest checkpoint whose completion the subtask has carried out (sink commits done).
+    completed: watch::Receiver<u64>,
     _task: AbortOnDrop,
 }
 
@@ -233,6 +243,32 @@ impl TaskManager {
         }
     }
 
+    /// Delivers a completion to every subtask of `attempt` and answers only once each has carried
+    /// it out — its sink's commits are done — or after [`COMMIT_CONFIRM_MS`] with an error. The job
+    /// manager reads `Ok` as "committed": after the final checkpoint it then finishes the job and
+    /// cancels the subtasks, which must not cut a commit short.
+    async fn notify_complete(&self, attempt: AttemptId, checkpoint_id: CheckpointId) -> TmResponse {
+        let response = self.notify(attempt, Control::Complete(checkpoint_id), "notify_complete");
+        if response != TmResponse::Ok {
+            return response;
+        }
+        let waiting: Vec<(SubtaskId, watch::Receiver<u64>)> =
+            self.lock().subtasks.iter().filter(|(_, h)| h.attempt == attempt).map(|(s, h)| (*s, h.completed.clone())).collect();
+        let confirmed = async {
+            for (subtask, mut completed) in waiting {
+                if completed.wait_for(|done| *done >= checkpoint_id.0).await.is_err() {
+                    return Err(subtask);
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(Duration::from_millis(COMMIT_CONFIRM_MS), confirmed).await {
+            Ok(Ok(())) => TmResponse::Ok,
+            Ok(Err(subtask)) => TmResponse::Error(format!("{subtask} ended before carrying out the completion of {checkpoint_id}")),
+            Err(_) => TmResponse::Error(format!("the completion of {checkpoint_id} was not carried out within {COMMIT_CONFIRM_MS} ms")),
+        }
+    }
+
     fn notify(&self, attempt: AttemptId, control: Control, what: &str) -> TmResponse {
         let state = self.lock();
         if let Some(stale) = Self::fence(&state, attempt, what) {
@@ -268,6 +304,7 @@ impl TaskManager {
             let gate: BTreeMap<(usize, SubtaskId), ChannelIndex> = graph.inputs_of(subtask).into_iter().map(|c| ((c.edge, c.producer), c.input_index)).collect();
             let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE_MAX);
             let (inputs_tx, inputs_rx) = mpsc::channel(gate.len().max(1));
+            let (completed_tx, completed_rx) = watch::channel(0);
             let setup = subtask::SubtaskSetup {
                 attempt,
                 job: job.clone(),
@@ -280,6 +317,7 @@ impl TaskManager {
                 blob: self.blob.clone(),
                 control: control_rx,
                 inputs: inputs_rx,
+                completed: completed_tx,
             };
             let jm = self.jm.clone();
             let task = tokio::spawn(async move {
@@ -288,7 +326,7 @@ impl TaskManager {
                     call_jm(&jm, JmRequest::SubtaskFailed { attempt, subtask, reason }).await;
                 }
             });
-            state.subtasks.insert(subtask, SubtaskHandle { attempt, control: control_tx, inputs: inputs_tx, gate, _task: AbortOnDrop(task) });
+            state.subtasks.insert(subtask, SubtaskHandle { attempt, control: control_tx, inputs: inputs_tx, gate, completed: completed_rx, _task: AbortOnDrop(task) });
         }
         TmResponse::Ok
     }

@@ -40,7 +40,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 /// Processing time is advanced (timers fire) this often.
 pub const PROCESSING_TIME_TICK_MS: u64 = 100;
@@ -70,6 +70,9 @@ pub(super) struct SubtaskSetup {
     pub blob: BlobClient,
     pub control: mpsc::Receiver<Control>,
     pub inputs: mpsc::Receiver<InputChannel>,
+    /// The newest checkpoint whose completion this subtask has fully carried out (its sink's
+    /// commits done): the task manager answers `NotifyComplete` only once every subtask got there.
+    pub completed: watch::Sender<u64>,
 }
 
 /// Runs a subtask until it fails (the caller reports the failure) or is dropped (cancelled).
@@ -119,6 +122,7 @@ struct Task {
     broker: BrokerClient,
     blob: BlobClient,
     control: mpsc::Receiver<Control>,
+    completed: watch::Sender<u64>,
     /// Input gate (empty for a source).
     aligner: Option<BarrierAligner<Vec<u8>>>,
     input_rx: Vec<mpsc::Receiver<Result<Option<ChannelElement>, ChannelError>>>,
@@ -150,7 +154,7 @@ fn op_err(what: &str) -> impl Fn(OperatorError) -> String + '_ {
 
 impl Task {
     async fn start(setup: SubtaskSetup) -> Result<Task, String> {
-        let SubtaskSetup { attempt, job, graph, deployment, restored_from, locations, jm, broker, blob, control, mut inputs } = setup;
+        let SubtaskSetup { attempt, job, graph, deployment, restored_from, locations, jm, broker, blob, control, mut inputs, completed } = setup;
         let subtask = deployment.subtask;
         let vertex = graph.vertex(subtask.operator).cloned().ok_or_else(|| format!("{subtask}: no such vertex in the job"))?;
         if subtask.index.0 >= vertex.parallelism {
@@ -243,6 +247,7 @@ impl Task {
             broker,
             blob,
             control,
+            completed,
             aligner,
             input_done: vec![false; input_rx.len()],
             input_rx,
@@ -353,7 +358,13 @@ impl Task {
                 for i in 0..self.ops.len() {
                     self.call(i, |op, ctx| op.notify_checkpoint_complete(ctx, id)).map_err(op_err("notify_checkpoint_complete"))?;
                 }
-                self.run_commands().await
+                self.run_commands().await?;
+                self.completed.send_if_modified(|done| {
+                    let newer = id.0 > *done;
+                    *done = (*done).max(id.0);
+                    newer
+                });
+                Ok(())
             }
             Event::Control(Some(Control::Aborted(id))) => {
                 for i in 0..self.ops.len() {
