@@ -11,7 +11,8 @@
 //! | [`sometimes`] | the catalog of risky situations a run reached |
 //! | [`trace`] | the `tracing` layer: virtual time, node names, the trace hash |
 //! | [`report`] | run reports (text and JSON) and sweep summaries |
-//! | [`run`] | running one seed on a fresh thread, sweeps, and `run_world` |
+//! | [`run`] | running one seed on a fresh thread, sweeps |
+//! | [`world`] | `run_world`: a scenario on the engine's simulated cluster, faults and all |
 
 pub mod checkers;
 pub mod oracle;
@@ -21,3 +22,4 @@ pub mod run;
 pub mod scenario;
 pub mod sometimes;
 pub mod trace;
+pub mod world;

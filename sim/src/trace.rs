@@ -36,11 +36,13 @@ use tracing_subscriber::registry::LookupSpan;
 pub mod names {
     /// JM: a checkpoint was triggered. Fields: `checkpoint`, `attempt`.
     pub const CHECKPOINT_TRIGGERED: &str = "checkpoint_triggered";
-    /// A subtask began aligning barrier `checkpoint`. Fields: `checkpoint`, `subtask`, `attempt`.
-    pub const CHECKPOINT_ALIGNING: &str = "checkpoint_aligning";
+    /// A subtask began aligning barrier `checkpoint` (the TM's `alignment_started`; scenario
+    /// triggers call it `checkpoint_aligning`). Fields: `checkpoint`, `subtask`, `attempt`.
+    pub const CHECKPOINT_ALIGNING: &str = "alignment_started";
     /// JM: a checkpoint is complete (its metadata is durable). Field: `checkpoint`.
     pub const CHECKPOINT_COMPLETED: &str = "checkpoint_completed";
-    /// JM: a checkpoint expired (timeout). Field: `checkpoint`.
+    /// JM: a checkpoint expired (timeout). Field: `checkpoint`. (The cluster reports it as
+    /// `checkpoint_aborted{reason: Expired}`; the catalog derives it from that.)
     pub const CHECKPOINT_EXPIRED: &str = "checkpoint_expired";
     /// JM: a checkpoint was aborted. Field: `checkpoint`.
     pub const CHECKPOINT_ABORTED: &str = "checkpoint_aborted";
@@ -60,12 +62,20 @@ pub mod names {
     pub const RESTORE_BEGUN: &str = "restore_begun";
     /// Something from an older attempt was refused. Fields: `attempt`, `what`.
     pub const ZOMBIE_FENCED: &str = "zombie_fenced";
-    /// The broker aborted a transaction on its timeout. Field: `txn`.
+    /// The broker aborted a transaction on its timeout. Field: `txn`. (The cluster has no such
+    /// event: the sink's subtask fails with the broker's `TransactionTimedOut`, and the catalog
+    /// derives it from that `subtask_failed`.)
     pub const TXN_TIMED_OUT: &str = "txn_timed_out";
     /// A message for a no-longer-current attempt or incarnation was dropped. Field: `what`.
     pub const STALE_MESSAGE: &str = "stale_message";
-    /// An aligner hit its buffer bound. Fields: `checkpoint`, `subtask`.
+    /// An aligner hit its buffer bound. Fields: `checkpoint`, `subtask`. (The cluster's task
+    /// declines with reason `AlignmentBufferFull`; the catalog derives it from that decline.)
     pub const ALIGNMENT_BUFFER_FULL: &str = "alignment_buffer_full";
+    /// JM: a restarted job manager found its job and latest checkpoint in the blob store.
+    /// Fields: `job`, `latest` (a checkpoint id or `None`).
+    pub const JM_RECOVERED: &str = "jm_recovered";
+    /// TM: a subtask failed. Fields: `attempt`, `subtask`, `reason`.
+    pub const SUBTASK_FAILED: &str = "subtask_failed";
     /// JM: the job finished.
     pub const JOB_FINISHED: &str = "job_finished";
 }
