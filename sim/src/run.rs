@@ -191,9 +191,24 @@ mod tests {
         Scenario::parse("s.toml", "name = \"s\"\njob = \"word-count\"\n").unwrap()
     }
 
+    #[cfg(not(madsim))]
     #[test]
-    fn the_placeholder_world_says_the_cluster_is_unavailable() {
+    fn without_the_simulator_a_world_cannot_run() {
         assert_eq!(run_seed(&scenario(), 1, Overrides::default(), None), Err(SimError::ClusterUnavailable));
+    }
+
+    #[cfg(madsim)]
+    #[test]
+    fn a_calm_world_runs_on_the_cluster_and_passes_every_check() {
+        let s = Scenario::parse(
+            "calm.toml",
+            "name = \"calm\"\njob = \"word-count\"\n[workload]\nlines = 200\npartitions = 2\n[cluster]\nparallelism = 2\n[checkpoint]\ninterval_ms = 100\n",
+        )
+        .unwrap();
+        let r = run_seed(&s, 1, Overrides::default(), None).unwrap();
+        assert_eq!(r.verdict, "pass", "{}", r.text());
+        assert_eq!(r.records_in, 200);
+        assert!(r.committed_out > 200 && r.checkpoints_completed >= 2, "{}", r.text());
     }
 
     #[test]

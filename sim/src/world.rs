@@ -203,13 +203,13 @@ mod sim {
     }
 
     /// The subtask index of `op3#1` (after the `#`), or of a bare number.
-    fn subtask_index(s: &str) -> Option<u32> {
+    pub(super) fn subtask_index(s: &str) -> Option<u32> {
         let tail = s.rsplit_once('#').map_or(s, |(_, t)| t);
         parse_id(tail).and_then(|i| u32::try_from(i).ok())
     }
 
     /// The subtask index of a transaction id `{prefix}-{subtask}-{checkpoint}`.
-    fn txn_subtask(txn: &str) -> Option<u32> {
+    pub(super) fn txn_subtask(txn: &str) -> Option<u32> {
         txn.rsplitn(3, '-').nth(1)?.parse().ok()
     }
 
@@ -850,5 +850,83 @@ mod sim {
             }
         }
         out
+    }
+}
+
+#[cfg(all(test, madsim))]
+mod tests {
+    use super::sim::{subtask_index, txn_subtask};
+    use super::*;
+    use crate::oracle::expected_state;
+    use crate::scenario::{Overrides, Scenario};
+
+    fn world(text: &str, seed: u64) -> WorldConfig {
+        Scenario::parse("w.toml", text).unwrap().resolve(seed, Overrides::default())
+    }
+
+    /// Runs a world on a fresh thread (as `run_seed` does).
+    fn run(w: WorldConfig) -> RunRecord {
+        std::thread::spawn(move || run_world(&w)).join().unwrap().unwrap()
+    }
+
+    const SMALL: &str = "name = \"small\"\njob = \"two-shuffle\"\n[workload]\nlines = 240\npartitions = 3\n\
+        [cluster]\ntask_managers = 2\nslots_per_tm = 1\nparallelism = 2\n[checkpoint]\ninterval_ms = 100\n";
+
+    #[test]
+    fn subtasks_and_transactions_name_their_subtask_index() {
+        let cases: &[(&str, Option<u32>)] = &[("op3#1", Some(1)), ("op12#0", Some(0)), ("7", Some(7)), ("op3#", None)];
+        for (s, want) in cases {
+            assert_eq!(subtask_index(s), *want, "{s}");
+        }
+        assert_eq!(txn_subtask("floe-sink-2-17"), Some(2));
+        assert_eq!(txn_subtask("17"), None);
+    }
+
+    #[test]
+    fn every_completed_checkpoint_is_read_back_as_a_consistent_cut() {
+        let r = run(world(SMALL, 3));
+        assert!(r.finished, "{r:?}");
+        assert!(r.checkpoints.len() >= 2, "checkpoints read back: {}", r.checkpoints.len());
+        assert_eq!(r.checkpoints.len() as u64, r.checkpoints_completed);
+        let last = r.checkpoints.last().unwrap();
+        // The final checkpoint covers the whole input, so its state is the oracle's for all of it.
+        let ends: std::collections::BTreeMap<u32, u64> =
+            r.input.iter().enumerate().map(|(p, l)| (p as u32, l.len() as u64)).collect();
+        assert_eq!(last.source_offsets, ends);
+        let want = expected_state(crate::oracle::JobKind::TwoShuffle, &r.input, None);
+        assert_eq!((&last.word_counts, &last.bucket_sums), (&want.word_counts, &want.bucket_sums));
+        // Earlier ones are partial cuts: offsets only grow.
+        for pair in r.checkpoints.windows(2) {
+            assert!(pair[0].id < pair[1].id);
+            assert!(pair[0].source_offsets.iter().all(|(p, o)| pair[1].source_offsets.get(p).is_some_and(|n| n >= o)));
+        }
+    }
+
+    #[test]
+    fn an_event_triggered_crash_fires_when_its_checkpoint_completes_and_is_healed() {
+        let text = format!(
+            "{SMALL}[[fault]]\non = \"checkpoint_completed\"\ncheckpoint = 2\nafter_ms = 10\nkind = \"crash\"\nnode = \"tm1\"\nrestart_after_ms = 200\n"
+        );
+        let r = run(world(&text, 4));
+        let completed_2 = r
+            .events
+            .iter()
+            .find(|e| e.name == "checkpoint_completed" && e.id_field("checkpoint") == Some(2))
+            .expect("checkpoint 2 completed");
+        let kinds: Vec<(&str, u64)> = r.faults.iter().map(|f| (f.kind.as_str(), f.at_ms)).collect();
+        assert_eq!(kinds.iter().map(|k| k.0).collect::<Vec<_>>(), ["crash", "restart", "heal"], "{kinds:?}");
+        assert_eq!(kinds[0].1, completed_2.at_ns / 1_000_000 + 10);
+        assert_eq!(kinds[1].1, kinds[0].1 + 200);
+        assert_eq!(r.faults[0].nodes, ["tm1"]);
+        assert!(r.restarts >= 1 && r.finished, "tm1 hosted subtasks: the job restarted and finished");
+    }
+
+    #[test]
+    fn a_trigger_whose_event_never_comes_gives_up_when_the_job_finishes() {
+        let text = format!("{SMALL}[[fault]]\non = \"restore_begun\"\nkind = \"crash\"\nnode = \"jm\"\n");
+        let r = run(world(&text, 5));
+        assert!(r.finished);
+        assert_eq!(r.faults.iter().map(|f| f.kind.as_str()).collect::<Vec<_>>(), ["heal"]);
+        assert_eq!(r.restarts, 0);
     }
 }
