@@ -3,8 +3,8 @@
 //! which the determinism tests check rather than assume.
 //!
 //! * **Time** is madsim's virtual clock, as time elapsed since the run's runtime started
-//!   (`madsim::time::TimeHandle::elapsed`); outside a madsim runtime (real builds, unit tests
-//!   without a runtime) it is the wall time since the layer was made.
+//!   (`madsim::time::TimeHandle::elapsed`); in a simulation build outside a runtime (while one is
+//!   being built) it is 0; in a real build it is the wall time since the layer was made.
 //! * **Node**: madsim enters a span named `node` (fields `id`, `name`) around every task of a node;
 //!   the layer remembers each such span's `name` and tags an event with the innermost one
 //!   (`madsim-main`, the harness, reads as `main`). Without such a span, an event's own `node`
@@ -226,6 +226,7 @@ impl TraceCapture {
 #[derive(Debug)]
 pub struct TraceLayer {
     capture: TraceCapture,
+    #[cfg_attr(madsim, allow(dead_code))]
     start: std::time::Instant,
 }
 
@@ -264,9 +265,13 @@ impl Visit for FieldsVisitor {
 impl TraceLayer {
     fn now_ns(&self) -> u64 {
         #[cfg(madsim)]
-        if let Some(h) = madsim::time::TimeHandle::try_current() {
-            return u64::try_from(h.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        {
+            // Outside a runtime (e.g. while one is being built) the time is 0, never the wall
+            // clock: the trace of a seed must not depend on how fast the machine is.
+            madsim::time::TimeHandle::try_current()
+                .map_or(0, |h| u64::try_from(h.elapsed().as_nanos()).unwrap_or(u64::MAX))
         }
+        #[cfg(not(madsim))]
         u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 }
