@@ -4,6 +4,7 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`bench`] | `floe bench`: simulated records/s, simulated s per wall s, seeds/s |
 //! | [`scenario`] | scenario files (TOML): parsing with file/line/field errors, swarm resolution |
 //! | [`record`] | the [`record::RunRecord`]: what a run leaves behind for the judge |
 //! | [`oracle`] | sequential models of each job, written without engine code |
@@ -14,6 +15,7 @@
 //! | [`run`] | running one seed on a fresh thread, sweeps |
 //! | [`world`] | `run_world`: a scenario on the engine's simulated cluster, faults and all |
 
+pub mod bench;
 pub mod checkers;
 pub mod oracle;
 pub mod record;
