@@ -210,7 +210,7 @@ mod sim {
 
     /// The subtask index of a transaction id `{prefix}-{subtask}-{checkpoint}`.
     pub(super) fn txn_subtask(txn: &str) -> Option<u32> {
-        txn.rsplitn(3, '-').nth(1)?.parse().ok()
+        txn.rsplit('-').nth(1)?.parse().ok()
     }
 
     impl<S: tracing::Subscriber> Layer<S> for Watcher {
@@ -860,6 +860,7 @@ mod tests {
 
     /// Runs a world on a fresh thread (as `run_seed` does).
     fn run(w: WorldConfig) -> RunRecord {
+        #[allow(clippy::disallowed_methods, reason = "a fresh OS thread per simulation (MADSIM.md)")]
         std::thread::spawn(move || run_world(&w)).join().unwrap().unwrap()
     }
 

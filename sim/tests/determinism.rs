@@ -37,6 +37,7 @@ fn seeds() -> Vec<u64> {
 }
 
 #[test]
+#[allow(clippy::assertions_on_constants, reason = "the constant is the build flag under test")]
 fn this_test_binary_is_built_for_the_simulation() {
     assert!(cfg!(madsim), "build with --cfg madsim (the workspace default); RUSTFLAGS in the environment replaces it");
 }
