@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `exactly_once` | the committed output equals the oracle's: for each word `w` seen `n` times, `(w,1)..(w,n)` each exactly once, in order within an output partition; for `two-shuffle` each record in bucket `k % BUCKETS` and each bucket's running sum rising by exactly each record's count |
 //! | `consistent_cut` | every completed checkpoint's keyed state equals the oracle's after that checkpoint's source offsets (Chandy–Lamport / ABS: the state is a cut of the input) |
-//! | `commit_after_complete` | every `sink_committed` of transaction `{prefix}-{subtask}-{n}` comes after `checkpoint_completed{n}` (Flink's `TwoPhaseCommitSinkFunction` commits in `notifyCheckpointComplete`) |
+//! | `commit_after_complete` | every `sink_committed` of transaction `{prefix}-{subtask}-{n}` comes after some `checkpoint_completed{m}` with `m >= n` (the barrier that pre-committed it; Flink's `TwoPhaseCommitSinkFunction` commits in `notifyCheckpointComplete`) |
 //! | `no_zombie_effects` | no `sink_committed`, `snapshot_written` or `ack_accepted` of an attempt older than the newest deployed one (Flink's `ExecutionAttemptID` fencing) |
 //! | `checkpoint_monotone` | completed checkpoint ids only go up, and every `deployed{restored_from}` names the latest completed checkpoint at that time (`CheckpointCoordinator.restoreLatestCheckpointedState`) |
 //! | `liveness` | the job finished within a bound after the last fault healed |
@@ -300,16 +300,19 @@ pub fn txn_checkpoint(txn: &str) -> Option<u64> {
 }
 
 /// `commit_after_complete`: no transaction commits before its checkpoint completed.
+///
+/// A transaction named `n` holds the records after barrier `n - 1` and is pre-committed at the
+/// first barrier `m >= n` (checkpoint ids may skip, e.g. after a job-manager restart reserves a
+/// new block), so its commit is legal once some checkpoint `m >= n` completed. A checkpoint is
+/// known complete from `checkpoint_completed{m}`, or from `jm_recovered{latest: m}` (the metadata
+/// was durable when a job manager crashed before announcing it).
 pub fn commit_after_complete(record: &RunRecord) -> Violations {
     let mut v = Violations::default();
-    let mut completed: BTreeMap<u64, &TraceEvent> = BTreeMap::new();
+    let mut completed_max: Option<u64> = None;
     for e in &record.events {
         match e.name.as_str() {
-            names::CHECKPOINT_COMPLETED => {
-                if let Some(n) = e.id_field("checkpoint") {
-                    completed.entry(n).or_insert(e);
-                }
-            }
+            names::CHECKPOINT_COMPLETED => completed_max = completed_max.max(e.id_field("checkpoint")),
+            names::JM_RECOVERED => completed_max = completed_max.max(e.id_field("latest")),
             names::SINK_COMMITTED => {
                 let txn = e.fields.get("txn").map(String::as_str).unwrap_or("");
                 match txn_checkpoint(txn) {
@@ -317,7 +320,7 @@ pub fn commit_after_complete(record: &RunRecord) -> Violations {
                         "sink_committed at {} names no transaction of the form prefix-subtask-checkpoint: {txn:?}",
                         fmt_event_time(e)
                     )),
-                    Some(n) if !completed.contains_key(&n) => v.push(format!(
+                    Some(n) if completed_max.is_none_or(|m| m < n) => v.push(format!(
                         "transaction {txn} committed at {} before checkpoint {n} completed",
                         fmt_event_time(e)
                     )),
@@ -384,6 +387,21 @@ pub fn checkpoint_monotone(record: &RunRecord) -> Violations {
                     latest = latest.max(Some(n));
                 }
             },
+            names::JM_RECOVERED => {
+                // A recovered job manager knows the latest checkpoint from the blob store: it may
+                // be newer than the last announced (the old one died after the metadata write),
+                // never older.
+                let recovered = e.id_field("latest");
+                if recovered < latest {
+                    v.push(format!(
+                        "the job manager recovered at {} with latest checkpoint {:?}, but checkpoint {} had completed",
+                        fmt_event_time(e),
+                        recovered,
+                        latest.unwrap_or(0)
+                    ));
+                }
+                latest = latest.max(recovered);
+            }
             names::DEPLOYED => {
                 let restored = e.id_field("restored_from");
                 if restored != latest {
@@ -454,7 +472,7 @@ pub(crate) mod tests {
             output: vec![out0, out1],
             events: vec![
                 ev(0, "jm", "deployed", &[("attempt", "1"), ("restored_from", "none")]),
-                ev(90, "tm0", "checkpoint_aligning", &[("checkpoint", "1"), ("subtask", "count#0"), ("attempt", "1")]),
+                ev(90, "tm0", "alignment_started", &[("checkpoint", "1"), ("subtask", "count#0"), ("attempt", "1")]),
                 ev(95, "tm0", "snapshot_written", &[("checkpoint", "1"), ("subtask", "count#0"), ("attempt", "1")]),
                 ev(96, "jm", "ack_accepted", &[("checkpoint", "1"), ("subtask", "count#0"), ("attempt", "1")]),
                 ev(100, "jm", "checkpoint_completed", &[("checkpoint", "1")]),

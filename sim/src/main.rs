@@ -61,8 +61,16 @@ enum Command {
     },
     /// List the scenario catalog with descriptions.
     List,
-    /// Benchmarks (not yet).
-    Bench,
+    /// Benchmarks as JSON lines: simulated records/s and simulated s per wall s of a 100k-record
+    /// faulty run, seeds/s of a sweep, each beside the oracle's records/s.
+    Bench {
+        /// Seeds of the sweep benchmark.
+        #[arg(long, default_value_t = 32)]
+        seeds: u64,
+        /// Worker threads of the sweep (default: every core).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -144,9 +152,20 @@ fn main() -> ExitCode {
             }
         }
         Command::List => list(),
-        Command::Bench => {
-            eprintln!("error: `floe bench` is not implemented yet");
-            ExitCode::from(EXIT_CANNOT_RUN)
+        Command::Bench { seeds, jobs } => {
+            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            match floe_sim::bench::bench(seeds, jobs) {
+                Ok(lines) => {
+                    for l in lines {
+                        println!("{l}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_CANNOT_RUN)
+                }
+            }
         }
     }
 }

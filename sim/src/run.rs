@@ -2,10 +2,9 @@
 //! (std `HashMap` order is deterministic only for the first runtime on a thread) and the trace
 //! layer installed for that thread only; sweeps run many seeds on `jobs` threads at once.
 //!
-//! [`run_world`] builds the world from a [`WorldConfig`] and returns its [`RunRecord`]. It is
-//! written against the cluster's `SimCluster` harness once the job and task managers land; until
-//! then it answers [`SimError::ClusterUnavailable`], so the rest (scenarios, the judge, reports,
-//! the CLI) is complete and testable end to end.
+//! [`run_world`] (in [`crate::world`]) builds the world from a [`WorldConfig`] on the cluster's
+//! `SimCluster` and returns its [`RunRecord`]; outside `--cfg madsim` it answers
+//! [`SimError::ClusterUnavailable`].
 
 use crate::checkers::CheckConfig;
 use crate::record::RunRecord;
@@ -24,8 +23,8 @@ pub const SWEEP_JOBS_MAX: usize = 256;
 /// Why a run could not be judged.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SimError {
-    /// This build cannot run a world yet: the cluster (job and task managers) has not landed.
-    #[error("cannot run a world: the cluster (job manager and task managers) is not in this build yet")]
+    /// This build cannot run a world: it was built without `--cfg madsim` (the simulation).
+    #[error("cannot run a world: this build has no simulator (build with --cfg madsim, the workspace default)")]
     ClusterUnavailable,
     /// The world panicked (a harness bug, or an engine assertion).
     #[error("seed {seed}: the run panicked: {message}")]
@@ -45,12 +44,7 @@ pub enum SimError {
     },
 }
 
-/// Builds and runs one world; returns what it left behind. Call on the run's own thread.
-/// (Placeholder until the cluster lands: see the module doc.)
-pub fn run_world(world: &WorldConfig) -> Result<RunRecord, SimError> {
-    debug_assert!(world.parallelism <= world.task_managers * world.slots_per_tm);
-    Err(SimError::ClusterUnavailable)
-}
+pub use crate::world::run_world;
 
 /// The command that reproduces a run.
 pub fn repro(scenario: &Scenario, seed: u64, overrides: Overrides) -> String {
@@ -197,9 +191,24 @@ mod tests {
         Scenario::parse("s.toml", "name = \"s\"\njob = \"word-count\"\n").unwrap()
     }
 
+    #[cfg(not(madsim))]
     #[test]
-    fn the_placeholder_world_says_the_cluster_is_unavailable() {
+    fn without_the_simulator_a_world_cannot_run() {
         assert_eq!(run_seed(&scenario(), 1, Overrides::default(), None), Err(SimError::ClusterUnavailable));
+    }
+
+    #[cfg(madsim)]
+    #[test]
+    fn a_calm_world_runs_on_the_cluster_and_passes_every_check() {
+        let s = Scenario::parse(
+            "calm.toml",
+            "name = \"calm\"\njob = \"word-count\"\n[workload]\nlines = 200\npartitions = 2\n[cluster]\nparallelism = 2\n[checkpoint]\ninterval_ms = 100\n",
+        )
+        .unwrap();
+        let r = run_seed(&s, 1, Overrides::default(), None).unwrap();
+        assert_eq!(r.verdict, "pass", "{}", r.text());
+        assert_eq!(r.records_in, 200);
+        assert!(r.committed_out > 200 && r.checkpoints_completed >= 2, "{}", r.text());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! | `crash_between_complete_and_commit` | a crash hits after the latest `checkpoint_completed{n}` and before every commit of `n` is done (a commit of `n` comes later, or none came yet) |
 //! | `jm_crash_mid_checkpoint` | the job manager crashes while a triggered checkpoint is pending |
 //! | `restore_from_checkpoint_2_plus` | a `deployed` restores from checkpoint ≥ 2 |
-//! | `checkpoint_expired`, `zombie_fenced`, `transaction_timed_out`, `stale_message`, `checkpoint_declined`, `alignment_buffer_full` | each such trace event |
+//! | `checkpoint_expired`, `zombie_fenced`, `transaction_timed_out`, `stale_message`, `checkpoint_declined`, `alignment_buffer_full` | each such trace event; derived from the cluster's events where it has no event of that name: `checkpoint_aborted{reason: Expired}`, `subtask_failed{reason: "… timed out and was aborted by the broker"}`, `checkpoint_declined{reason: "… AlignmentBufferFull …"}` |
 //! | `restarts` | each `deployed` after the first |
 
 use crate::checkers::txn_checkpoint;
@@ -47,6 +47,10 @@ pub fn add(total: &mut Sometimes, other: &Sometimes) {
     }
 }
 
+fn field_has(e: &TraceEvent, key: &str, needle: &str) -> bool {
+    e.fields.get(key).is_some_and(|v| v.contains(needle))
+}
+
 fn at_ms(e: &TraceEvent) -> u64 {
     e.at_ns / 1_000_000
 }
@@ -59,10 +63,22 @@ pub fn count(record: &RunRecord) -> Sometimes {
     for e in &record.events {
         match e.name.as_str() {
             names::CHECKPOINT_EXPIRED => bump("checkpoint_expired"),
+            // The cluster reports an expiry as `checkpoint_aborted{reason: Expired}`.
+            names::CHECKPOINT_ABORTED if field_has(e, "reason", "Expired") => bump("checkpoint_expired"),
+            // A sink whose transaction the broker timed out fails its subtask with the broker's error.
+            names::SUBTASK_FAILED if field_has(e, "reason", "timed out and was aborted by the broker") => {
+                bump("transaction_timed_out")
+            }
             names::ZOMBIE_FENCED => bump("zombie_fenced"),
             names::TXN_TIMED_OUT => bump("transaction_timed_out"),
             names::STALE_MESSAGE => bump("stale_message"),
-            names::CHECKPOINT_DECLINED => bump("checkpoint_declined"),
+            names::CHECKPOINT_DECLINED => {
+                bump("checkpoint_declined");
+                // The aligner's bound: the task declines with `AlignmentBufferFull`.
+                if field_has(e, "reason", "AlignmentBufferFull") {
+                    bump("alignment_buffer_full");
+                }
+            }
             names::ALIGNMENT_BUFFER_FULL => bump("alignment_buffer_full"),
             names::DEPLOYED => {
                 deployed += 1;

@@ -3,8 +3,8 @@
 //! which the determinism tests check rather than assume.
 //!
 //! * **Time** is madsim's virtual clock, as time elapsed since the run's runtime started
-//!   (`madsim::time::TimeHandle::elapsed`); outside a madsim runtime (real builds, unit tests
-//!   without a runtime) it is the wall time since the layer was made.
+//!   (`madsim::time::TimeHandle::elapsed`); in a simulation build outside a runtime (while one is
+//!   being built) it is 0; in a real build it is the wall time since the layer was made.
 //! * **Node**: madsim enters a span named `node` (fields `id`, `name`) around every task of a node;
 //!   the layer remembers each such span's `name` and tags an event with the innermost one
 //!   (`madsim-main`, the harness, reads as `main`). Without such a span, an event's own `node`
@@ -36,11 +36,13 @@ use tracing_subscriber::registry::LookupSpan;
 pub mod names {
     /// JM: a checkpoint was triggered. Fields: `checkpoint`, `attempt`.
     pub const CHECKPOINT_TRIGGERED: &str = "checkpoint_triggered";
-    /// A subtask began aligning barrier `checkpoint`. Fields: `checkpoint`, `subtask`, `attempt`.
-    pub const CHECKPOINT_ALIGNING: &str = "checkpoint_aligning";
+    /// A subtask began aligning barrier `checkpoint` (the TM's `alignment_started`; scenario
+    /// triggers call it `checkpoint_aligning`). Fields: `checkpoint`, `subtask`, `attempt`.
+    pub const CHECKPOINT_ALIGNING: &str = "alignment_started";
     /// JM: a checkpoint is complete (its metadata is durable). Field: `checkpoint`.
     pub const CHECKPOINT_COMPLETED: &str = "checkpoint_completed";
-    /// JM: a checkpoint expired (timeout). Field: `checkpoint`.
+    /// JM: a checkpoint expired (timeout). Field: `checkpoint`. (The cluster reports it as
+    /// `checkpoint_aborted{reason: Expired}`; the catalog derives it from that.)
     pub const CHECKPOINT_EXPIRED: &str = "checkpoint_expired";
     /// JM: a checkpoint was aborted. Field: `checkpoint`.
     pub const CHECKPOINT_ABORTED: &str = "checkpoint_aborted";
@@ -60,12 +62,20 @@ pub mod names {
     pub const RESTORE_BEGUN: &str = "restore_begun";
     /// Something from an older attempt was refused. Fields: `attempt`, `what`.
     pub const ZOMBIE_FENCED: &str = "zombie_fenced";
-    /// The broker aborted a transaction on its timeout. Field: `txn`.
+    /// The broker aborted a transaction on its timeout. Field: `txn`. (The cluster has no such
+    /// event: the sink's subtask fails with the broker's `TransactionTimedOut`, and the catalog
+    /// derives it from that `subtask_failed`.)
     pub const TXN_TIMED_OUT: &str = "txn_timed_out";
     /// A message for a no-longer-current attempt or incarnation was dropped. Field: `what`.
     pub const STALE_MESSAGE: &str = "stale_message";
-    /// An aligner hit its buffer bound. Fields: `checkpoint`, `subtask`.
+    /// An aligner hit its buffer bound. Fields: `checkpoint`, `subtask`. (The cluster's task
+    /// declines with reason `AlignmentBufferFull`; the catalog derives it from that decline.)
     pub const ALIGNMENT_BUFFER_FULL: &str = "alignment_buffer_full";
+    /// JM: a restarted job manager found its job and latest checkpoint in the blob store.
+    /// Fields: `job`, `latest` (a checkpoint id or `None`).
+    pub const JM_RECOVERED: &str = "jm_recovered";
+    /// TM: a subtask failed. Fields: `attempt`, `subtask`, `reason`.
+    pub const SUBTASK_FAILED: &str = "subtask_failed";
     /// JM: the job finished.
     pub const JOB_FINISHED: &str = "job_finished";
 }
@@ -216,6 +226,7 @@ impl TraceCapture {
 #[derive(Debug)]
 pub struct TraceLayer {
     capture: TraceCapture,
+    #[cfg_attr(madsim, allow(dead_code))]
     start: std::time::Instant,
 }
 
@@ -254,9 +265,13 @@ impl Visit for FieldsVisitor {
 impl TraceLayer {
     fn now_ns(&self) -> u64 {
         #[cfg(madsim)]
-        if let Some(h) = madsim::time::TimeHandle::try_current() {
-            return u64::try_from(h.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        {
+            // Outside a runtime (e.g. while one is being built) the time is 0, never the wall
+            // clock: the trace of a seed must not depend on how fast the machine is.
+            madsim::time::TimeHandle::try_current()
+                .map_or(0, |h| u64::try_from(h.elapsed().as_nanos()).unwrap_or(u64::MAX))
         }
+        #[cfg(not(madsim))]
         u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 }

@@ -422,7 +422,11 @@ impl JobMaster {
             JmRequest::Register { tm, incarnation, addr, slots } => self.on_register(now, tm, incarnation, addr, slots),
             JmRequest::Heartbeat { tm, incarnation, running_attempt } => self.on_heartbeat(now, tm, incarnation, running_attempt),
             JmRequest::Acknowledge { attempt, checkpoint_id, subtask, handle } => {
-                self.with_current(now, "ack", attempt, |c| c.on_ack(now, attempt, checkpoint_id, subtask, handle))
+                let response = self.with_current(now, "ack", attempt, |c| c.on_ack(now, attempt, checkpoint_id, subtask, handle));
+                if matches!(response, JmResponse::Ok) {
+                    tracing::info!(event = "ack_accepted", attempt = attempt.0, checkpoint = checkpoint_id.0, subtask = %subtask);
+                }
+                response
             }
             JmRequest::Decline { attempt, checkpoint_id, subtask, reason } => {
                 self.with_current(now, "decline", attempt, |c| c.on_decline(now, attempt, checkpoint_id, subtask, reason))

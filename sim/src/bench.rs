@@ -1,0 +1,106 @@
+//! `floe bench`: how fast the simulator runs the engine, as JSON lines — simulated input records
+//! per wall second and simulated seconds per wall second for one 100k-record faulty run, and seeds
+//! per second for a sweep of a small faulty scenario — each beside the oracle's sequential
+//! records per second measured in the same process (the same input through
+//! [`crate::oracle::expected_output`]: the floor of what judging costs).
+//!
+//! Wall times are measured outside the simulated runtime (inside it, `Instant` is virtual).
+
+use crate::oracle::{expected_output, JobKind};
+use crate::run::{run_seed, sweep, SimError};
+use crate::scenario::{generate_lines, split_round_robin, Overrides, Scenario};
+use serde_json::json;
+
+/// The one-run benchmark: 100k input lines, random faults.
+pub const BIG_RUN: &str = r#"
+name = "bench-100k"
+job = "word-count"
+[workload]
+lines = 100000
+words_per_line = 4
+vocabulary = 1000
+skew = 1.0
+partitions = 4
+[cluster]
+task_managers = 2
+slots_per_tm = 2
+parallelism = 4
+[checkpoint]
+interval_ms = 200
+[faults]
+random = true
+rate_per_sec = 1.0
+window_ms = [300, 3000]
+duration_ms = [50, 500]
+"#;
+
+/// The sweep benchmark: the small faulty scenario of the sweep tests.
+pub const SMALL_SWEEP: &str = r#"
+name = "bench-sweep"
+job = "word-count"
+[workload]
+lines = 300
+words_per_line = 5
+vocabulary = 80
+[checkpoint]
+interval_ms = 100
+[faults]
+random = true
+rate_per_sec = 2.0
+window_ms = [200, 2000]
+duration_ms = [50, 800]
+"#;
+
+/// The oracle's sequential speed on a scenario's seed-`seed` input: input lines per second.
+fn oracle_lines_per_sec(scenario: &Scenario, seed: u64) -> f64 {
+    let world = scenario.resolve(seed, Overrides::default());
+    let input = split_round_robin(generate_lines(&world.workload, seed), world.workload.partitions);
+    let lines: usize = input.iter().map(Vec::len).sum();
+    #[allow(clippy::disallowed_methods, reason = "a wall-clock benchmark, outside the runtime")]
+    let started = std::time::Instant::now();
+    let out = expected_output(JobKind::WordCount, &input);
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    std::hint::black_box(out.records());
+    lines as f64 / secs
+}
+
+/// Runs the benchmarks; returns the JSON lines.
+pub fn bench(seeds: u64, jobs: usize) -> Result<Vec<String>, SimError> {
+    let mut out = Vec::new();
+    let big = Scenario::parse("bench-100k.toml", BIG_RUN).map_err(|e| SimError::Panicked { seed: 0, message: e.to_string() })?;
+    let report = run_seed(&big, 1, Overrides::default(), None)?;
+    out.push(
+        json!({
+            "bench": "run_100k_faulty",
+            "verdict": report.verdict,
+            "records_in": report.records_in,
+            "committed_out": report.committed_out,
+            "faults": report.faults,
+            "restarts": report.restarts,
+            "wall_secs": report.wall_secs,
+            "sim_secs": report.sim_secs,
+            "sim_records_per_wall_sec": report.records_in as f64 / report.wall_secs.max(1e-9),
+            "sim_secs_per_wall_sec": report.sim_secs / report.wall_secs.max(1e-9),
+            "oracle_records_per_sec": oracle_lines_per_sec(&big, 1),
+        })
+        .to_string(),
+    );
+    let small = Scenario::parse("bench-sweep.toml", SMALL_SWEEP).map_err(|e| SimError::Panicked { seed: 0, message: e.to_string() })?;
+    let seed_list: Vec<u64> = (0..seeds).collect();
+    let (summary, reports) = sweep(&small, &seed_list, jobs, Overrides::default());
+    let records: u64 = reports.iter().map(|r| r.records_in).sum();
+    out.push(
+        json!({
+            "bench": "sweep_small_faulty",
+            "seeds": summary.seeds,
+            "jobs": jobs,
+            "failed_seeds": summary.failed_seeds,
+            "wall_secs": summary.wall_secs,
+            "seeds_per_sec": summary.seeds_per_sec,
+            "sim_records_per_wall_sec": records as f64 / summary.wall_secs.max(1e-9),
+            "oracle_records_per_sec": oracle_lines_per_sec(&small, 0),
+        })
+        .to_string(),
+    );
+    Ok(out)
+}
