@@ -18,13 +18,14 @@ use crate::trace::names;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Every situation, in report order.
-pub const SITUATIONS: [&str; 11] = [
+pub const SITUATIONS: [&str; 12] = [
     "crash_during_alignment",
     "crash_between_complete_and_commit",
     "jm_crash_mid_checkpoint",
     "restore_from_checkpoint_2_plus",
     "checkpoint_expired",
     "zombie_fenced",
+    "zombie_commit_of_completed",
     "transaction_timed_out",
     "stale_message",
     "checkpoint_declined",
@@ -60,8 +61,14 @@ pub fn count(record: &RunRecord) -> Sometimes {
     let mut out = empty();
     let mut bump = |k: &str| *out.entry(k.to_string()).or_insert(0) += 1;
     let mut deployed = 0u64;
+    let mut newest_attempt: Option<u64> = None;
     for e in &record.events {
         match e.name.as_str() {
+            // A sink of an older attempt re-committing a completed checkpoint's transaction
+            // (idempotent; see `checkers::no_zombie_effects`).
+            names::SINK_COMMITTED if e.id_field("attempt").zip(newest_attempt).is_some_and(|(a, n)| a < n) => {
+                bump("zombie_commit_of_completed")
+            }
             names::CHECKPOINT_EXPIRED => bump("checkpoint_expired"),
             // The cluster reports an expiry as `checkpoint_aborted{reason: Expired}`.
             names::CHECKPOINT_ABORTED if field_has(e, "reason", "Expired") => bump("checkpoint_expired"),
@@ -81,6 +88,7 @@ pub fn count(record: &RunRecord) -> Sometimes {
             }
             names::ALIGNMENT_BUFFER_FULL => bump("alignment_buffer_full"),
             names::DEPLOYED => {
+                newest_attempt = newest_attempt.max(e.id_field("attempt"));
                 deployed += 1;
                 if deployed > 1 {
                     bump("restarts");

@@ -7,9 +7,17 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
-/// The bincode configuration floe uses everywhere (standard: varint integers, little endian).
-pub fn config() -> bincode::config::Configuration {
-    bincode::config::standard()
+/// The most bytes one decoded value may claim. bincode checks a length prefix against this
+/// *before* allocating, so bytes that declare a 2^45-byte string are a typed error, not an
+/// allocation failure that aborts the process (found by the `frame_decoder` fuzz target).
+pub const DECODE_BYTES_MAX: usize = 1 << 30;
+
+/// floe's bincode configuration (standard: varint integers, little endian; see [`DECODE_BYTES_MAX`]).
+pub type Config = bincode::config::Configuration<bincode::config::LittleEndian, bincode::config::Varint, bincode::config::Limit<DECODE_BYTES_MAX>>;
+
+/// The bincode configuration floe uses everywhere: standard, with a decode limit.
+pub fn config() -> Config {
+    bincode::config::standard().with_limit::<DECODE_BYTES_MAX>()
 }
 
 /// Encodes a value with floe's bincode configuration.
@@ -166,6 +174,17 @@ mod tests {
         }
         assert!(matches!(open(*b"NOPE", 1, &good), Err(CodecError::BadMagic { .. })));
         assert!(matches!(open(MAGIC, 2, &good), Err(CodecError::UnsupportedVersion { expected: 2, found: 1 })));
+    }
+
+    #[test]
+    fn a_length_prefix_beyond_the_limit_is_an_error_before_any_allocation() {
+        // A String whose varint length prefix (0xFD + u64 LE) declares 2^45 bytes.
+        let mut bytes = vec![0xFD];
+        bytes.extend_from_slice(&(1u64 << 45).to_le_bytes());
+        assert!(matches!(from_bytes::<String>(&bytes), Err(CodecError::Decode(_))));
+        let mut huge = vec![0xFD];
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(from_bytes::<Vec<u8>>(&huge), Err(CodecError::Decode(_))));
     }
 
     #[test]

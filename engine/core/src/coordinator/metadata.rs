@@ -203,7 +203,9 @@ impl CheckpointMetadata {
     pub fn restore_assignment(&self, operator: OperatorId, new_parallelism: u32) -> Result<Vec<SubtaskRestore>, RestoreError> {
         let op = self.operators.get(&operator).ok_or(RestoreError::UnknownOperator(operator))?;
         let max_parallelism = op.max_parallelism;
-        if new_parallelism == 0 || new_parallelism > max_parallelism {
+        // Metadata read back from the blob store is input floe did not write in this process:
+        // a max parallelism above Flink's bound would size the assignment without limit.
+        if new_parallelism == 0 || new_parallelism > max_parallelism || max_parallelism > crate::key_groups::UPPER_BOUND_MAX_PARALLELISM {
             return Err(RestoreError::InvalidParallelism { operator, new_parallelism, max_parallelism });
         }
 
