@@ -64,7 +64,8 @@ fn check<T: Serialize + DeserializeOwned + Debug>(stream: &[u8], chunk_sizes: &[
                 // Re-encoding gives a frame of the same value.
                 let mut again = Vec::new();
                 encode_frame(&value, &mut again).expect("a decoded value encodes");
-                let (round, again_used) = decode_frame::<T>(&again).expect("re-encoded frame decodes").expect("complete");
+                let (round, again_used) =
+                    decode_frame::<T>(&again).expect("re-encoded frame decodes").expect("complete");
                 assert_eq!(again_used, again.len());
                 assert_eq!(format!("{round:?}"), format!("{value:?}"), "round trip changed the value");
                 expected.push(Step::Frame(format!("{value:?}"), used));

@@ -146,7 +146,8 @@ fn redistribution(blobs: &[Vec<u8>], param: u8) {
 
 fn metadata(blobs: &[Vec<u8>], param: u8) {
     let Ok(meta) = CheckpointMetadata::from_bytes(&blobs[0]) else { return };
-    let again = CheckpointMetadata::from_bytes(&meta.to_bytes().expect("decoded metadata encodes")).expect("re-decodes");
+    let again =
+        CheckpointMetadata::from_bytes(&meta.to_bytes().expect("decoded metadata encodes")).expect("re-decodes");
     assert_eq!(again, meta);
     let _ = meta.blobs();
     for (&operator, op) in &meta.operators {

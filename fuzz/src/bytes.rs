@@ -132,11 +132,9 @@ mod tests {
     #[test]
     fn the_chunked_reader_hands_out_its_bytes_in_the_chunk_sizes_given() {
         let data: Vec<u8> = (0..10).collect();
-        for (sizes, want) in [
-            (&[][..], vec![10]),
-            (&[3][..], vec![3, 3, 3, 1]),
-            (&[0, 2][..], vec![1, 2, 1, 2, 1, 2, 1]),
-        ] {
+        for (sizes, want) in
+            [(&[][..], vec![10]), (&[3][..], vec![3, 3, 3, 1]), (&[0, 2][..], vec![1, 2, 1, 2, 1, 2, 1])]
+        {
             let mut r = ChunkedReader::new(&data, sizes);
             let mut got = Vec::new();
             let mut all = Vec::new();

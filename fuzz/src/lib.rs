@@ -10,7 +10,9 @@
 //! (cargo-fuzz ignores `.cargo/config.toml`: run `RUSTFLAGS="--cfg madsim" cargo fuzz ...`).
 
 #[cfg(not(madsim))]
-compile_error!("floe's fuzz targets need the simulation: run `RUSTFLAGS=\"--cfg madsim\" cargo fuzz run -s none <target>`");
+compile_error!(
+    "floe's fuzz targets need the simulation: run `RUSTFLAGS=\"--cfg madsim\" cargo fuzz run -s none <target>`"
+);
 
 pub mod bytes;
 pub mod schedule;

@@ -286,7 +286,8 @@ impl ScheduleInput {
                     let _ = writeln!(t, "kind = \"latency\"\nlatency_ms = [{lo}, {hi}]");
                 }
                 Kind::Loss { percent } => {
-                    let _ = writeln!(t, "kind = \"loss\"\nrate = {:.2}", within((*percent).into(), 0, 30) as f64 / 100.0);
+                    let _ =
+                        writeln!(t, "kind = \"loss\"\nrate = {:.2}", within((*percent).into(), 0, 30) as f64 / 100.0);
                 }
                 Kind::Pause => {
                     let _ = writeln!(t, "kind = \"pause\"\nnode = \"{node}\"");
@@ -309,7 +310,11 @@ impl ScheduleInput {
                     let _ = writeln!(t, "kind = \"blob_fail_puts\"\nnode = \"blob\"");
                 }
                 Kind::BlobSlowPuts { delay_ms } => {
-                    let _ = writeln!(t, "kind = \"blob_slow_puts\"\nnode = \"blob\"\ndelay_ms = {}", within((*delay_ms).into(), 1, 500));
+                    let _ = writeln!(
+                        t,
+                        "kind = \"blob_slow_puts\"\nnode = \"blob\"\ndelay_ms = {}",
+                        within((*delay_ms).into(), 1, 500)
+                    );
                 }
             }
             if !matches!(f.kind, Kind::Crash { .. }) {
