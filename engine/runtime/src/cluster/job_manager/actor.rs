@@ -593,6 +593,7 @@ impl JobMaster {
         if incarnation > e.incarnation || !self.heartbeats.on_heartbeat(tm, now) {
             return JmResponse::RegisterAgain;
         }
+        let was_reachable = e.reachable();
         e.last_heartbeat_ms = now;
         // A task manager still running an attempt that is over: cancel it (once per attempt).
         if let Some(a) = running_attempt {
@@ -601,6 +602,12 @@ impl JobMaster {
                 tracing::info!(event = "zombie_cancelled", tm = tm.0, attempt = a.0);
                 e.outbox.send(TmRequest::Cancel { attempt: a });
             }
+        }
+        // A task manager that a failed call took out of scheduling is back: a job waiting for
+        // slots may deploy now (nothing else would wake it: the task manager does not register
+        // again, it only heartbeats).
+        if !was_reachable {
+            self.try_deploy(now);
         }
         JmResponse::Ok
     }
