@@ -35,13 +35,30 @@ fn seeds() -> Vec<u64> {
     }
 }
 
-fn scenario(job: &str) -> Scenario {
+/// Added to the random faults for the at-least-once control: a restore from a checkpoint that
+/// has just completed. Random crashes alone rarely restore from a checkpoint whose state took in
+/// records from after its barrier (measured: 0 of 200 random-faults seeds caught by
+/// `exactly_once`, 47 by `consistent_cut`); this one makes the hazard reach the output.
+const CRASH_AFTER_CHECKPOINT_2: &str = r#"
+[[fault]]
+on = "checkpoint_completed"
+checkpoint = 2
+kind = "crash"
+node = "tm0"
+restart_after_ms = 300
+"#;
+
+fn scenario(job: &str, extra: &str) -> Scenario {
     let text = WORD_COUNT.replace("\"word-count\"", &format!("\"{job}\"")).replace("sweep-word-count", &format!("sweep-{job}"));
-    Scenario::parse("sweep.toml", &text).unwrap()
+    Scenario::parse("sweep.toml", &format!("{text}{extra}")).unwrap()
 }
 
 fn run(test: &str, job: &str, overrides: Overrides) -> Vec<Report> {
-    let (summary, reports) = sweep_with(&scenario(job), &seeds(), 2, overrides, run_world);
+    run_with(test, job, "", overrides)
+}
+
+fn run_with(test: &str, job: &str, extra: &str, overrides: Overrides) -> Vec<Report> {
+    let (summary, reports) = sweep_with(&scenario(job, extra), &seeds(), 2, overrides, run_world);
     assert!(summary.errors.is_empty(), "{test}: runs that could not be judged: {:?}", summary.errors);
     eprintln!(
         "{test}: {} seeds, {:.1} seeds/s, sometimes {:?}",
@@ -86,7 +103,7 @@ fn two_shuffle_under_random_faults_has_no_violations() {
 #[test]
 fn at_least_once_checkpointing_is_caught_duplicating() {
     let o = Overrides { checkpointing: Some(CheckpointMode::AtLeastOnce), sink: None };
-    let reports = run("at_least_once_checkpointing_is_caught_duplicating", "two-shuffle", o);
+    let reports = run_with("at_least_once_checkpointing_is_caught_duplicating", "two-shuffle", CRASH_AFTER_CHECKPOINT_2, o);
     let n = caught(&reports);
     eprintln!("at-least-once: exactly_once caught {n} of {} seeds", reports.len());
     if std::env::var("FLOE_SEED").is_err() {
