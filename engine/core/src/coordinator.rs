@@ -295,6 +295,15 @@ pub enum AbortReason {
         /// The newer checkpoint.
         by: CheckpointId,
     },
+    /// A subtask's alignment was overtaken by a newer barrier (Flink's
+    /// `CHECKPOINT_DECLINED_SUBSUMED`): aborted, but not a failure — the newer checkpoint is
+    /// already on its way.
+    DeclinedSubsumed {
+        /// The subtask.
+        subtask: SubtaskId,
+        /// The newer checkpoint whose barrier overtook this one.
+        by: CheckpointId,
+    },
     /// The metadata could not be written.
     MetadataWriteFailed {
         /// The blob store's reason, cut to [`ABORT_REASON_BYTES_MAX`].
@@ -305,8 +314,9 @@ pub enum AbortReason {
 }
 
 impl AbortReason {
-    /// True when the abort counts towards `tolerable_failures` (as in Flink, subsumption and the
-    /// end of the attempt do not).
+    /// True when the abort counts towards `tolerable_failures` (as in Flink's
+    /// `CheckpointFailureManager`: subsumption, a decline because a newer barrier overtook the
+    /// alignment, and the end of the attempt do not).
     pub fn counts_as_failure(&self) -> bool {
         matches!(self, AbortReason::Expired | AbortReason::Declined { .. } | AbortReason::MetadataWriteFailed { .. })
     }
@@ -321,6 +331,8 @@ pub struct AbortCounts {
     pub declined: u64,
     /// [`AbortReason::Subsumed`].
     pub subsumed: u64,
+    /// [`AbortReason::DeclinedSubsumed`].
+    pub declined_subsumed: u64,
     /// [`AbortReason::MetadataWriteFailed`].
     pub metadata_write_failed: u64,
     /// [`AbortReason::AttemptEnded`].
@@ -333,6 +345,7 @@ impl AbortCounts {
             AbortReason::Expired => &mut self.expired,
             AbortReason::Declined { .. } => &mut self.declined,
             AbortReason::Subsumed { .. } => &mut self.subsumed,
+            AbortReason::DeclinedSubsumed { .. } => &mut self.declined_subsumed,
             AbortReason::MetadataWriteFailed { .. } => &mut self.metadata_write_failed,
             AbortReason::AttemptEnded => &mut self.attempt_ended,
         };
@@ -341,7 +354,7 @@ impl AbortCounts {
 
     /// All aborts.
     pub fn total(&self) -> u64 {
-        self.expired + self.declined + self.subsumed + self.metadata_write_failed + self.attempt_ended
+        self.expired + self.declined + self.subsumed + self.declined_subsumed + self.metadata_write_failed + self.attempt_ended
     }
 }
 
@@ -577,12 +590,31 @@ impl CheckpointCoordinator {
         subtask: SubtaskId,
         reason: String,
     ) -> Vec<CoordinatorCommand> {
+        self.decline(now_ms, attempt, checkpoint_id, subtask, AbortReason::Declined { subtask, reason: bounded(&reason) })
+    }
+
+    /// A subtask of `attempt` declined `checkpoint_id` because the barrier of the newer checkpoint
+    /// `by` overtook its alignment. The checkpoint is aborted
+    /// ([`AbortReason::DeclinedSubsumed`]) but it is not a failure: `tolerable_failures` is not
+    /// charged (Flink ignores `CHECKPOINT_DECLINED_SUBSUMED` the same way).
+    pub fn on_decline_subsumed(
+        &mut self,
+        now_ms: u64,
+        attempt: AttemptId,
+        checkpoint_id: CheckpointId,
+        subtask: SubtaskId,
+        by: CheckpointId,
+    ) -> Vec<CoordinatorCommand> {
+        self.decline(now_ms, attempt, checkpoint_id, subtask, AbortReason::DeclinedSubsumed { subtask, by })
+    }
+
+    fn decline(&mut self, now_ms: u64, attempt: AttemptId, checkpoint_id: CheckpointId, subtask: SubtaskId, reason: AbortReason) -> Vec<CoordinatorCommand> {
         let mut out = Vec::new();
         if !self.accepts(attempt, checkpoint_id, subtask) {
             self.stale_messages += 1;
             return out;
         }
-        self.abort(now_ms, checkpoint_id, AbortReason::Declined { subtask, reason: bounded(&reason) }, &mut out);
+        self.abort(now_ms, checkpoint_id, reason, &mut out);
         self.after_event(now_ms, &mut out);
         out
     }
@@ -970,6 +1002,7 @@ mod tests {
                     AbortReason::Expired => "expired".to_string(),
                     AbortReason::Declined { subtask, .. } => format!("declined by {subtask}"),
                     AbortReason::Subsumed { by } => format!("subsumed by {by}"),
+                    AbortReason::DeclinedSubsumed { subtask, by } => format!("declined by {subtask}: overtaken by {by}"),
                     AbortReason::MetadataWriteFailed { .. } => "metadata write failed".to_string(),
                     AbortReason::AttemptEnded => "attempt ended".to_string(),
                 };
@@ -1248,6 +1281,22 @@ mod tests {
         assert_eq!(c.stale_messages(), cases.len() as u64 + 2);
         assert_eq!(c.pending_ids(), vec![cp1]);
         assert_eq!(c.abort_counts().total(), 0);
+    }
+
+    #[test]
+    fn a_decline_because_a_newer_barrier_overtook_the_alignment_is_no_failure() {
+        // tolerable_failures 0: any counted failure fails the job.
+        let mut c = coordinator(config());
+        c.tick(0);
+        c.tick(100);
+        let got: Vec<String> = c.on_decline_subsumed(110, A1, CheckpointId(1), subtask(2), CheckpointId(2)).iter().map(line).collect();
+        assert_eq!(got, vec!["abort cp1 declined by op1#0: overtaken by cp2"]);
+        assert_eq!((c.abort_counts().declined_subsumed, c.failed_consecutive(), c.has_failed_job()), (1, 0, false));
+        // The control: the same decline for any other reason fails the job.
+        c.tick(200);
+        let got: Vec<String> = c.on_decline(210, A1, CheckpointId(2), subtask(2), "disk full".into()).iter().map(line).collect();
+        assert!(got.contains(&"fail job".to_string()), "{got:?}");
+        assert_eq!(c.failed_consecutive(), 1);
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub enum JmRequest {
         subtask: SubtaskId,
         /// Why.
         reason: String,
+        /// Set when the barrier of this newer checkpoint overtook the alignment: not a failure.
+        overtaken_by: Option<CheckpointId>,
     },
     /// A subtask failed: the job must fail over.
     SubtaskFailed {

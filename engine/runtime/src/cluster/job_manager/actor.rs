@@ -428,9 +428,10 @@ impl JobMaster {
                 }
                 response
             }
-            JmRequest::Decline { attempt, checkpoint_id, subtask, reason } => {
-                self.with_current(now, "decline", attempt, |c| c.on_decline(now, attempt, checkpoint_id, subtask, reason))
-            }
+            JmRequest::Decline { attempt, checkpoint_id, subtask, reason, overtaken_by } => self.with_current(now, "decline", attempt, |c| match overtaken_by {
+                Some(by) => c.on_decline_subsumed(now, attempt, checkpoint_id, subtask, by),
+                None => c.on_decline(now, attempt, checkpoint_id, subtask, reason),
+            }),
             JmRequest::EndOfInput { attempt, subtask } => {
                 self.with_current(now, "end_of_input", attempt, |c| c.on_end_of_input(now, attempt, subtask))
             }

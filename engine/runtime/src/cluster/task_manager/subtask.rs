@@ -27,7 +27,7 @@ use crate::cluster::jobs::JobSpec;
 use crate::cluster::protocol::{ChannelHello, JmRequest, JmResponse, SubtaskDeployment};
 use crate::transport::channel::{ChannelError, DataReceiver, DataSender};
 use crate::transport::RpcClient;
-use floe_core::aligner::{AlignerConfig, AlignerOutput, BarrierAligner};
+use floe_core::aligner::{AbortReason, AlignerConfig, AlignerOutput, BarrierAligner};
 use floe_core::element::{Barrier, CheckpointingMode, Watermark};
 use floe_core::graph::{AnyBatch, DynOperator, EdgeFns, ExecutionGraph, JobVertex, Partitioner, RouteState};
 use floe_core::ids::{AttemptId, ChannelIndex, CheckpointId, Offset, OperatorId, PartitionId, SubtaskId};
@@ -424,7 +424,11 @@ impl Task {
             AlignerOutput::Watermark(w) => self.watermark(w).await,
             AlignerOutput::Checkpoint(barrier) => self.checkpoint(barrier).await,
             AlignerOutput::CheckpointAborted { checkpoint_id, reason } => {
-                self.decline(checkpoint_id, format!("alignment aborted: {reason:?}"));
+                let overtaken_by = match reason {
+                    AbortReason::Subsumed { by } => Some(by),
+                    AbortReason::AlignmentBufferFull { .. } => None,
+                };
+                self.decline(checkpoint_id, format!("alignment aborted: {reason:?}"), overtaken_by);
                 Ok(())
             }
             AlignerOutput::EndOfInput => {
@@ -642,18 +646,18 @@ impl Task {
                 }
                 Err(reason) => {
                     tracing::info!(event = "checkpoint_declined", attempt = attempt.0, subtask = %subtask, checkpoint = id.0, reason = %reason);
-                    call_jm(&jm, JmRequest::Decline { attempt, checkpoint_id: id, subtask, reason }).await;
+                    call_jm(&jm, JmRequest::Decline { attempt, checkpoint_id: id, subtask, reason, overtaken_by: None }).await;
                 }
             }
         });
         Ok(())
     }
 
-    fn decline(&mut self, checkpoint_id: CheckpointId, reason: String) {
+    fn decline(&mut self, checkpoint_id: CheckpointId, reason: String, overtaken_by: Option<CheckpointId>) {
         tracing::info!(event = "checkpoint_declined", attempt = self.attempt.0, subtask = %self.subtask, checkpoint = checkpoint_id.0, reason = %reason);
         let (jm, attempt, subtask) = (self.jm.clone(), self.attempt, self.subtask);
         self.spawn_background(async move {
-            call_jm(&jm, JmRequest::Decline { attempt, checkpoint_id, subtask, reason }).await;
+            call_jm(&jm, JmRequest::Decline { attempt, checkpoint_id, subtask, reason, overtaken_by }).await;
         });
     }
 
