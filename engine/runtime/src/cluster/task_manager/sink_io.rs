@@ -8,8 +8,9 @@
 //! * `Commit{id}` → commit with the producer held for the id, or — after a restore, for an id
 //!   this subtask did not open — with the producer id and epoch `list_transactions` reports
 //!   (commit is idempotent, so committing a committed transaction is fine).
-//! * `AbortLater{..}` → `list_transactions(prefix)` and abort each open one that
-//!   [`SinkCommand::aborts`] covers.
+//! * `AbortLater{..}` → `list_transactions(prefix)` and fence each open one that
+//!   [`SinkCommand::aborts`] covers (`init_transactions`: a new epoch aborts it and rejects the
+//!   old producer's later writes, so a zombie cannot reopen it).
 //! * `PlainWrite{records}` → idempotent produce outside any transaction (the at-least-once control).
 //!
 //! Transient broker errors are retried ([`SINK_RETRY`]); a permanent one (fenced, timed out,
@@ -122,7 +123,12 @@ impl SinkIo {
                     if !command.aborts(&id) || !row.state.is_open() {
                         continue;
                     }
-                    let result = with_retries(|| self.client.abort(&row.transactional_id, row.producer_id, row.epoch)).await;
+                    // Fence, do not just abort: a new epoch aborts the open transaction AND rejects
+                    // any later write of the producer that opened it. A zombie subtask of an older
+                    // attempt (still running until its cancel arrives) would otherwise write into
+                    // the aborted id again, reopen it, and hold back every read-committed consumer
+                    // until the broker's transaction timeout (jm-crash-recovered-commits-invisible).
+                    let result = with_retries(|| self.client.init_transactions(&row.transactional_id, None)).await;
                     match result {
                         Ok(_) => tracing::info!(event = "sink_aborted", attempt, subtask = %subtask, txn = %row.transactional_id),
                         // Someone (a newer Begin) bumped the epoch since the listing: it is theirs now.
