@@ -90,7 +90,11 @@ async fn own_broker<D: Disk>(mut broker: Broker<D>, mut rx: mpsc::Receiver<Queue
     let batch_max = config.group_commit_requests_max.max(1);
     let mut expiry = tokio::time::interval(Duration::from_millis(config.expiry_check_interval_ms.max(1)));
     loop {
+        // `biased`: tokio's select! otherwise picks a random branch first, from a thread-local RNG
+        // seeded by a process-wide counter — the same seed would take another path in the
+        // second simulation of a process (found by the determinism test, seed 40).
         tokio::select! {
+            biased;
             first = rx.recv() => {
                 let Some(first) = first else { return };
                 let mut batch = vec![first];
