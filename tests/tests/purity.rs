@@ -26,7 +26,7 @@ const FORBIDDEN_SOURCE: &[&str] = &[
 ];
 
 fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace root")
+    floe_tests::workspace_root()
 }
 
 /// The names of a package's *normal* (non-dev, non-build) transitive dependencies, from
@@ -55,21 +55,10 @@ fn floe_core_depends_on_no_async_runtime_rng_or_clock_crate() {
     assert!(normal_dependencies("floe-runtime").contains("madsim-tokio"));
 }
 
-fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    for entry in std::fs::read_dir(dir).expect("readable source dir") {
-        let path = entry.expect("dir entry").path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
 
 #[test]
 fn floe_core_source_reads_no_clock_spawns_no_thread_and_does_no_io() {
-    let mut files = Vec::new();
-    rust_files(&root().join("engine/core/src"), &mut files);
+    let files = floe_tests::rust_files(&root().join("engine/core/src"));
     assert!(files.len() > 10, "found only {} files", files.len());
     let mut hits = Vec::new();
     for file in &files {

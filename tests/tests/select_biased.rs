@@ -3,18 +3,6 @@
 //! seed then takes another path in the second simulation of a process, and a sweep's failing seed
 //! no longer reproduces with `floe run` (found by the determinism test: seed 40 of its scenario).
 
-use std::path::{Path, PathBuf};
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).expect("readable source dir") {
-        let path = entry.expect("dir entry").path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
 
 /// `(line, text)` of every `select! {` whose next code line is not `biased;`.
 fn unbiased(text: &str) -> Vec<(usize, String)> {
@@ -34,11 +22,8 @@ fn unbiased(text: &str) -> Vec<(usize, String)> {
 
 #[test]
 fn every_select_in_simulated_code_is_biased() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
-    let mut files = Vec::new();
-    for dir in ["engine/runtime/src", "sim/src"] {
-        rust_files(&root.join(dir), &mut files);
-    }
+    let root = floe_tests::workspace_root();
+    let files: Vec<_> = ["engine/runtime/src", "sim/src"].iter().flat_map(|d| floe_tests::rust_files(&root.join(d))).collect();
     let hits: Vec<String> = files
         .iter()
         .flat_map(|f| unbiased(&std::fs::read_to_string(f).expect("readable")).into_iter().map(move |(n, l)| format!("{}:{n}: {l}", f.display())))

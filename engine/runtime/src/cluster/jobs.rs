@@ -19,7 +19,7 @@ use floe_core::codec;
 use floe_core::coordinator::CheckpointConfig;
 use floe_core::element::CheckpointingMode;
 use floe_core::failover::RestartStrategy;
-use floe_core::graph::{GraphError, JobGraph, StreamEnvironment};
+use floe_core::graph::{DataStream, GraphError, JobGraph, StreamEnvironment};
 use floe_core::ids::{Offset, PartitionId};
 use floe_core::operator::keyed_process::{KeyedContext, KeyedProcessFunction, RunningCount};
 use floe_core::operator::sink::{SinkMode, TwoPhaseCommitSinkWriter};
@@ -218,16 +218,27 @@ fn check(spec: &JobSpec) -> Result<(), JobError> {
     Ok(())
 }
 
-fn word_count(spec: &JobSpec) -> Result<JobGraph, JobError> {
-    check(spec)?;
-    let env = environment(spec);
-    let (source, prefix, mode) = (spec.source_spec(), spec.sink_prefix(), spec.sink_mode);
+/// The stages both jobs share: lines → words → `key_by(word)` → running count per word.
+fn running_counts(env: &StreamEnvironment, spec: &JobSpec) -> DataStream<(String, u64)> {
+    let source = spec.source_spec();
     env.add_source("lines", move || SourceReader::new(source.clone(), decode_line).expect("the source spec was validated"))
         .flat_map("split", |line: String, out: &mut Vec<String>| out.extend(words(&line)))
         .key_by("by-word", |w: &String| w.clone())
         .process("count", RunningCount::default())
-        .add_sink("sink", move || TwoPhaseCommitSinkWriter::new(prefix.clone(), mode, encode_word_count).expect("the sink prefix is valid"));
+}
+
+/// Ends `stream` in the job's two-phase-commit sink and builds the graph.
+fn finish<T: floe_core::operator::Data>(env: &StreamEnvironment, spec: &JobSpec, stream: DataStream<T>, encode: fn(&T) -> Result<Vec<u8>, String>) -> Result<JobGraph, JobError> {
+    let (prefix, mode) = (spec.sink_prefix(), spec.sink_mode);
+    stream.add_sink("sink", move || TwoPhaseCommitSinkWriter::new(prefix.clone(), mode, encode).expect("the sink prefix is valid"));
     env.build().map_err(|error| JobError::Graph { job: spec.job.clone(), error })
+}
+
+fn word_count(spec: &JobSpec) -> Result<JobGraph, JobError> {
+    check(spec)?;
+    let env = environment(spec);
+    let counts = running_counts(&env, spec);
+    finish(&env, spec, counts, encode_word_count)
 }
 
 /// The two-shuffle job's second keyed stage: a running sum of counts per bucket.
@@ -258,15 +269,8 @@ impl KeyedProcessFunction for SumByBucket {
 fn two_shuffle(spec: &JobSpec) -> Result<JobGraph, JobError> {
     check(spec)?;
     let env = environment(spec);
-    let (source, prefix, mode) = (spec.source_spec(), spec.sink_prefix(), spec.sink_mode);
-    env.add_source("lines", move || SourceReader::new(source.clone(), decode_line).expect("the source spec was validated"))
-        .flat_map("split", |line: String, out: &mut Vec<String>| out.extend(words(&line)))
-        .key_by("by-word", |w: &String| w.clone())
-        .process("count", RunningCount::default())
-        .key_by("by-bucket", |(_, n): &(String, u64)| n % BUCKETS)
-        .process("bucket-sum", SumByBucket::default())
-        .add_sink("sink", move || TwoPhaseCommitSinkWriter::new(prefix.clone(), mode, encode_bucket_record).expect("the sink prefix is valid"));
-    env.build().map_err(|error| JobError::Graph { job: spec.job.clone(), error })
+    let sums = running_counts(&env, spec).key_by("by-bucket", |(_, n): &(String, u64)| n % BUCKETS).process("bucket-sum", SumByBucket::default());
+    finish(&env, spec, sums, encode_bucket_record)
 }
 
 #[cfg(test)]
