@@ -50,6 +50,7 @@ async fn word_count_runs_for_real_over_loopback_and_is_exactly_once() {
             blob,
             registry: registry.clone(),
             heartbeat_interval_ms: 100,
+            jm_silence_ms_max: 2_000,
             rpc: rpc.clone(),
         };
         nodes.push(tokio::spawn(run_task_manager(tm)));

@@ -183,6 +183,7 @@ impl SimCluster {
                 blob: BLOB_ADDR,
                 registry: registry.clone(),
                 heartbeat_interval_ms: config.heartbeat_interval_ms,
+                jm_silence_ms_max: config.heartbeat_timeout_ms,
                 rpc: config.rpc.clone(),
             };
             tms.push(

@@ -82,6 +82,12 @@ pub struct TaskManagerConfig {
     pub registry: JobRegistry,
     /// Heartbeat period (default 100 ms).
     pub heartbeat_interval_ms: u64,
+    /// A task manager that has not heard from the job manager for this long cancels every
+    /// subtask it runs (Flink's TaskExecutor does the same when its job-manager heartbeat times
+    /// out): cut off by a partition, it would otherwise go on as a zombie — opening transactions
+    /// that no restore fences — until a cancel reaches it. Keep it at most the job manager's
+    /// heartbeat timeout, so the zombie is gone before the job manager redeploys (default 1 000 ms).
+    pub jm_silence_ms_max: u64,
     /// RPC settings (JM, broker and blob clients).
     pub rpc: RpcConfig,
 }
@@ -90,7 +96,7 @@ impl TaskManagerConfig {
     /// A configuration with the default heartbeat interval (100 ms) and RPC settings.
     #[allow(clippy::too_many_arguments)]
     pub fn new(id: TaskManagerId, incarnation: Incarnation, ip: IpAddr, slots: u32, jm: SocketAddr, broker: SocketAddr, blob: SocketAddr, registry: JobRegistry) -> Self {
-        TaskManagerConfig { id, incarnation, ip, slots, jm, broker, blob, registry, heartbeat_interval_ms: 100, rpc: RpcConfig::default() }
+        TaskManagerConfig { id, incarnation, ip, slots, jm, broker, blob, registry, heartbeat_interval_ms: 100, jm_silence_ms_max: 1_000, rpc: RpcConfig::default() }
     }
 }
 
@@ -269,6 +275,18 @@ impl TaskManager {
         }
     }
 
+    /// Cancels every running subtask: the job manager has been silent for too long (see
+    /// [`TaskManagerConfig::jm_silence_ms_max`]). Newer deploys are still accepted.
+    fn self_fence(&self, silent_ms: u64) {
+        let mut state = self.lock();
+        if state.subtasks.is_empty() {
+            return;
+        }
+        tracing::warn!(event = "tm_self_fenced", tm = self.config.id.0, attempt = state.running_attempt.map(|a| a.0), silent_ms, subtasks = state.subtasks.len());
+        state.subtasks.clear();
+        state.running_attempt = None;
+    }
+
     fn notify(&self, attempt: AttemptId, control: Control, what: &str) -> TmResponse {
         let state = self.lock();
         if let Some(stale) = Self::fence(&state, attempt, what) {
@@ -368,14 +386,27 @@ async fn register_and_heartbeat(tm: Arc<TaskManager>) {
     let interval_ms = tm.config.heartbeat_interval_ms.max(1);
     let mut registered = false;
     let mut backoff_ms = interval_ms;
+    #[allow(clippy::disallowed_methods, reason = "tokio's clock: madsim's virtual clock under simulation")]
+    let mut last_heard = tokio::time::Instant::now();
     loop {
+        #[allow(clippy::disallowed_methods, reason = "tokio's clock: madsim's virtual clock under simulation")]
+        let silent_ms = last_heard.elapsed().as_millis() as u64;
+        if silent_ms > tm.config.jm_silence_ms_max {
+            tm.self_fence(silent_ms);
+        }
         let request = if registered {
             let running_attempt = tm.lock().running_attempt;
             JmRequest::Heartbeat { tm: tm.config.id, incarnation: tm.config.incarnation, running_attempt }
         } else {
             JmRequest::Register { tm: tm.config.id, incarnation: tm.config.incarnation, addr: tm.config.ip, slots: tm.config.slots }
         };
-        match tm.jm_heartbeat.call(request).await {
+        let answer = tm.jm_heartbeat.call(request).await;
+        if answer.is_ok() {
+            #[allow(clippy::disallowed_methods, reason = "tokio's clock: madsim's virtual clock under simulation")]
+            let now = tokio::time::Instant::now();
+            last_heard = now;
+        }
+        match answer {
             Ok(JmResponse::Ok) => {
                 if !registered {
                     tracing::info!(event = "tm_registered_at_jm", tm = tm.config.id.0, incarnation = tm.config.incarnation);

@@ -597,9 +597,12 @@ impl JobMaster {
         let was_reachable = e.reachable();
         e.last_heartbeat_ms = now;
         // A task manager still running an attempt that is over: cancel it (once per attempt).
+        // Sent again on every such heartbeat (Cancel is idempotent): a cancel sent while the task
+        // manager was cut off may never have arrived, and its zombie would go on opening
+        // transactions.
         if let Some(a) = running_attempt {
-            if Some(a) != current && e.cancelled_up_to < a {
-                e.cancelled_up_to = a;
+            if Some(a) != current {
+                e.cancelled_up_to = e.cancelled_up_to.max(a);
                 tracing::info!(event = "zombie_cancelled", tm = tm.0, attempt = a.0);
                 e.outbox.send(TmRequest::Cancel { attempt: a });
             }
