@@ -10,22 +10,9 @@ use floe_sim::report::Report;
 use floe_sim::run::{run_world, sweep_with};
 use floe_sim::scenario::{CheckpointMode, Overrides, Scenario, SinkMode};
 
-/// Random faults of every kind over a small word count; the seed draws the cluster too.
-const WORD_COUNT: &str = r#"
-name = "sweep-word-count"
-job = "word-count"
-[workload]
-lines = 300
-words_per_line = 5
-vocabulary = 80
-[checkpoint]
-interval_ms = 100
-[faults]
-random = true
-rate_per_sec = 2.0
-window_ms = [200, 2000]
-duration_ms = [50, 800]
-"#;
+/// Random faults of every kind over a small word count (the sweep benchmark's scenario); the
+/// seed draws the cluster too.
+use floe_sim::bench::SMALL_SWEEP as WORD_COUNT;
 
 fn seeds() -> Vec<u64> {
     let env = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<u64>().ok());
@@ -49,7 +36,7 @@ restart_after_ms = 300
 "#;
 
 fn scenario(job: &str, extra: &str) -> Scenario {
-    let text = WORD_COUNT.replace("\"word-count\"", &format!("\"{job}\"")).replace("sweep-word-count", &format!("sweep-{job}"));
+    let text = WORD_COUNT.replace("\"word-count\"", &format!("\"{job}\"")).replace("bench-sweep", &format!("sweep-{job}"));
     Scenario::parse("sweep.toml", &format!("{text}{extra}")).unwrap()
 }
 
