@@ -139,8 +139,13 @@ struct Task {
     tick: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// A source sent `EndOfInput` to the job manager.
     end_of_input_sent: bool,
-    /// The output channels ended (after the final barrier at a source, after the input ended elsewhere).
+    /// The output channels ended (at a source once a final checkpoint it took part in completed,
+    /// elsewhere after the input ended).
     outputs_finished: bool,
+    /// At a source: the newest final checkpoint whose barrier it emitted. Its outputs stay open
+    /// until one of them completes, so a final checkpoint that expires or is declined can be
+    /// followed by another one (FLIP-147: a finished task waits for the final checkpoint).
+    final_barrier: Option<CheckpointId>,
 }
 
 fn now_ms() -> u64 {
@@ -263,6 +268,7 @@ impl Task {
             tick: Box::pin(tokio::time::sleep(Duration::from_millis(PROCESSING_TIME_TICK_MS))),
             end_of_input_sent: false,
             outputs_finished: false,
+            final_barrier: None,
         };
         for i in 0..task.ops.len() {
             task.call(i, |op, ctx| op.initialize_state(ctx, restored_from)).map_err(op_err("initialize_state"))?;
@@ -350,7 +356,7 @@ impl Task {
                 }
                 self.checkpoint(barrier).await?;
                 if barrier.is_final {
-                    self.finish_outputs().await?;
+                    self.final_barrier = self.final_barrier.max(Some(barrier.checkpoint_id));
                 }
                 Ok(())
             }
@@ -364,6 +370,12 @@ impl Task {
                     *done = (*done).max(id.0);
                     newer
                 });
+                // A final checkpoint this source took part in completed: only now may the
+                // outputs end. Ending them at the final barrier left no source to carry the
+                // barrier of a retried final checkpoint if that one expired.
+                if self.final_barrier.is_some_and(|f| id >= f) {
+                    self.finish_outputs().await?;
+                }
                 Ok(())
             }
             Event::Control(Some(Control::Aborted(id))) => {
