@@ -22,6 +22,8 @@
 //!                   | "fail_fsyncs" | "slow_writes" (delay_ms) | "blob_fail_puts" | "blob_slow_puts" (delay_ms)
 //!              node = "tm1" | nodes = ["jm", "tm0", "tm1", "broker", "blob"], duration_ms
 //! [faults]     random = true, rate_per_sec, kinds = [...], window_ms = [a, b], duration_ms = [a, b]
+//!              (a share of the random faults is placed at protocol moments: see
+//!              [`RANDOM_EVENT_TRIGGERED_SHARE`])
 //! [expect]     verdict = "pass" | fail = ["exactly_once"], liveness_bound_ms
 //! ```
 //!
@@ -49,6 +51,12 @@ pub const TASK_MANAGERS_MAX: u32 = 64;
 pub const WORKLOAD_LINES_MAX: u64 = 10_000_000;
 /// Most random faults drawn for one run.
 pub const RANDOM_FAULTS_MAX: u64 = 200;
+/// The share of random faults placed at a protocol moment (a checkpoint aligning or completing,
+/// a sink prepared, a restore begun) instead of at a random time — FoundationDB's BUGGIFY idea:
+/// the moments where bugs hide are too brief for uniformly timed faults to hit often.
+pub const RANDOM_EVENT_TRIGGERED_SHARE: f64 = 0.3;
+/// Latest delay after its event for an event-placed random fault, ms.
+pub const RANDOM_EVENT_AFTER_MS_MAX: u64 = 30;
 
 /// Why a scenario could not be loaded.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -1373,7 +1381,14 @@ fn draw_random_faults(random: &RandomFaults, seed: u64, task_managers: u32) -> V
             _ => (FaultKind::BlobSlowPuts { delay_ms: r.gen_range(1..=500) }, vec![NodeName::Blob]),
         };
         let duration_ms = (!matches!(kind, FaultKind::Crash { .. })).then_some(duration);
-        faults.push(FaultSpec { trigger: Trigger::At { at_ms }, kind, nodes, duration_ms });
+        let trigger = if r.gen_bool(RANDOM_EVENT_TRIGGERED_SHARE) {
+            let (_, event) = TriggerEvent::NAMES[r.gen_range(0..TriggerEvent::NAMES.len())];
+            let checkpoint = r.gen_bool(0.7).then(|| r.gen_range(1..=5));
+            Trigger::On { event, checkpoint, subtask: None, after_ms: r.gen_range(0..=RANDOM_EVENT_AFTER_MS_MAX) }
+        } else {
+            Trigger::At { at_ms }
+        };
+        faults.push(FaultSpec { trigger, kind, nodes, duration_ms });
     }
     faults.sort_by_key(|f| match f.trigger {
         Trigger::At { at_ms } => at_ms,

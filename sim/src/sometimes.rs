@@ -10,6 +10,7 @@
 //! | `jm_crash_mid_checkpoint` | the job manager crashes while a triggered checkpoint is pending |
 //! | `restore_from_checkpoint_2_plus` | a `deployed` restores from checkpoint ≥ 2 |
 //! | `checkpoint_expired`, `zombie_fenced`, `transaction_timed_out`, `stale_message`, `checkpoint_declined`, `alignment_buffer_full` | each such trace event; derived from the cluster's events where it has no event of that name: `checkpoint_aborted{reason: Expired}`, `subtask_failed{reason: "… timed out and was aborted by the broker"}`, `checkpoint_declined{reason: "… AlignmentBufferFull …"}` |
+//! | `final_checkpoint_retried` | a `checkpoint_triggered{is_final}` after an earlier final one of the same attempt (the first expired or was declined) |
 //! | `restarts` | each `deployed` after the first |
 
 use crate::checkers::txn_checkpoint;
@@ -18,7 +19,7 @@ use crate::trace::names;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Every situation, in report order.
-pub const SITUATIONS: [&str; 12] = [
+pub const SITUATIONS: [&str; 13] = [
     "crash_during_alignment",
     "crash_between_complete_and_commit",
     "jm_crash_mid_checkpoint",
@@ -30,6 +31,7 @@ pub const SITUATIONS: [&str; 12] = [
     "stale_message",
     "checkpoint_declined",
     "alignment_buffer_full",
+    "final_checkpoint_retried",
     "restarts",
 ];
 
@@ -62,8 +64,14 @@ pub fn count(record: &RunRecord) -> Sometimes {
     let mut bump = |k: &str| *out.entry(k.to_string()).or_insert(0) += 1;
     let mut deployed = 0u64;
     let mut newest_attempt: Option<u64> = None;
+    let mut final_triggered: BTreeSet<Option<u64>> = BTreeSet::new();
     for e in &record.events {
         match e.name.as_str() {
+            names::CHECKPOINT_TRIGGERED if field_has(e, "is_final", "true") => {
+                if !final_triggered.insert(e.id_field("attempt")) {
+                    bump("final_checkpoint_retried");
+                }
+            }
             // A sink of an older attempt re-committing a completed checkpoint's transaction
             // (idempotent; see `checkers::no_zombie_effects`).
             names::SINK_COMMITTED if e.id_field("attempt").zip(newest_attempt).is_some_and(|(a, n)| a < n) => {
@@ -206,6 +214,15 @@ mod tests {
             (c["checkpoint_expired"], c["zombie_fenced"], c["restore_from_checkpoint_2_plus"], c["restarts"]),
             (1, 1, 1, 2)
         );
+        assert_eq!(c["final_checkpoint_retried"], 0, "no final checkpoint was triggered twice");
+        let final_trigger = |t, checkpoint, attempt| {
+            TraceEvent::at_ms(t, "jm", "checkpoint_triggered", &[("attempt", attempt), ("checkpoint", checkpoint), ("is_final", "true")])
+        };
+        r.events.push(final_trigger(400, "5", "3"));
+        r.events.push(final_trigger(500, "6", "4")); // a new attempt's first final checkpoint
+        assert_eq!(count(&r)["final_checkpoint_retried"], 0);
+        r.events.push(final_trigger(600, "7", "4"));
+        assert_eq!(count(&r)["final_checkpoint_retried"], 1);
         let mut total = empty();
         add(&mut total, &c);
         add(&mut total, &c);
