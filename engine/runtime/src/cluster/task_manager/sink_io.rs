@@ -8,7 +8,7 @@
 //! * `Commit{id}` → commit with the producer held for the id, or — after a restore, for an id
 //!   this subtask did not open — with the producer id and epoch `list_transactions` reports
 //!   (commit is idempotent, so committing a committed transaction is fine).
-//! * `AbortLater{..}` → `list_transactions(prefix)` and fence each open one that
+//! * `AbortLater{..}` → `list_transactions(prefix)` and fence each one, in any state, that
 //!   [`SinkCommand::aborts`] covers (`init_transactions`: a new epoch aborts it and rejects the
 //!   old producer's later writes, so a zombie cannot reopen it).
 //! * `PlainWrite{records}` → idempotent produce outside any transaction (the at-least-once control).
@@ -120,7 +120,7 @@ impl SinkIo {
                 let listing = self.list(prefix).await?;
                 for row in listing {
                     let Ok(id) = TransactionalId::parse(&row.transactional_id) else { continue };
-                    if !command.aborts(&id) || !row.state.is_open() {
+                    if !command.aborts(&id) {
                         continue;
                     }
                     // Fence, do not just abort: a new epoch aborts the open transaction AND rejects
@@ -128,6 +128,10 @@ impl SinkIo {
                     // attempt (still running until its cancel arrives) would otherwise write into
                     // the aborted id again, reopen it, and hold back every read-committed consumer
                     // until the broker's transaction timeout (jm-crash-recovered-commits-invisible).
+                    // Whatever its state: an id that is only initialized (`Empty`) or already
+                    // ended is reopened just the same by a write still in flight from a dead or
+                    // cut-off producer — Kafka's "hanging transaction" (KIP-890;
+                    // late-write-reopens-initialized-transaction).
                     let result = with_retries(|| self.client.init_transactions(&row.transactional_id, None)).await;
                     match result {
                         Ok(_) => tracing::info!(event = "sink_aborted", attempt, subtask = %subtask, txn = %row.transactional_id),
