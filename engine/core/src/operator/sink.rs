@@ -39,9 +39,11 @@
 //!    checkpoint completed, so they must be committed even if the notification never arrived
 //!    (commit is idempotent at the broker);
 //! 2. emits [`SinkCommand::AbortLater`] `{ prefix, after: n, owner: subtask, parallelism }`:
-//!    abort every transaction of the prefix named with a checkpoint `> n` whose subtask `j`
-//!    satisfies `j % parallelism == owner` — the transactions written after the restored cut,
-//!    including those of subtasks that no longer exist after a scale-down. Every `j` has exactly
+//!    fence every transactional id of the prefix named with a checkpoint `> n` whose subtask `j`
+//!    satisfies `j % parallelism == owner`, aborting its unfinished transaction — the
+//!    transactions written after the restored cut, including those of subtasks that no longer
+//!    exist after a scale-down. Fencing covers ids without an open transaction too: a zombie
+//!    that initialized one could otherwise still open a transaction in it. Every `j` has exactly
 //!    one owner, and the owner of a live subtask `j < parallelism` is `j` itself, so no subtask
 //!    aborts another's new transaction. A fresh start uses `after = 0`;
 //! 3. begins the transaction named `n + 1`. If an aborted transaction had that name, `Begin` is
@@ -203,8 +205,8 @@ pub enum SinkCommand {
         /// The transaction.
         id: TransactionalId,
     },
-    /// Abort every unfinished transaction of `prefix` named with a checkpoint `> after` whose
-    /// subtask `j` satisfies `j % parallelism == owner` (list them with
+    /// Fence every transactional id of `prefix` named with a checkpoint `> after` whose subtask
+    /// `j` satisfies `j % parallelism == owner`, aborting its unfinished transaction (list them with
     /// `list_transactions(prefix)`; see [`SinkCommand::aborts`]).
     AbortLater {
         /// The sink's transactional-id prefix.

@@ -106,6 +106,7 @@ pub async fn run_task_manager(config: TaskManagerConfig) -> std::io::Result<()> 
     let data_listener = TcpListener::bind(SocketAddr::new(config.ip, TM_DATA_PORT)).await?;
     let tm = Arc::new(TaskManager::new(config));
     let _heartbeats = AbortOnDrop(tokio::spawn(register_and_heartbeat(tm.clone())));
+    let _silence = AbortOnDrop(tokio::spawn(watch_jm_silence(tm.clone())));
     let _data = AbortOnDrop(tokio::spawn(accept_data(data_listener, tm.clone())));
     serve(rpc_listener, move |request: TmRequest| {
         let tm = tm.clone();
@@ -163,6 +164,8 @@ struct TmState {
     /// The attempt whose subtasks run here.
     running_attempt: Option<AttemptId>,
     subtasks: BTreeMap<SubtaskId, SubtaskHandle>,
+    /// When the job manager last answered a registration or heartbeat (`None`: since the start).
+    jm_heard_at: Option<tokio::time::Instant>,
 }
 
 /// What a data connection's hello leads to.
@@ -364,6 +367,31 @@ impl TaskManager {
     }
 }
 
+/// Cancels every subtask as soon as the job manager has been silent for more than
+/// [`TaskManagerConfig::jm_silence_ms_max`] (see [`TaskManager::self_fence`]). A task of its own,
+/// on a timer: checked only between heartbeats, the deadline slipped by a blocked heartbeat call
+/// (up to the RPC timeout) plus the backoff, and a zombie cut off by a partition kept running
+/// past the job manager's redeploy — retrying a sink's `init_transactions` that fenced the new
+/// attempt's prepared transaction of the same id (proptest seed 1), or opening a transaction in
+/// an id the restore had not seen (seed 3).
+async fn watch_jm_silence(tm: Arc<TaskManager>) {
+    let max_ms = tm.config.jm_silence_ms_max;
+    #[allow(clippy::disallowed_methods, reason = "tokio's clock: madsim's virtual clock under simulation")]
+    let started = tokio::time::Instant::now();
+    loop {
+        let heard = tm.lock().jm_heard_at.unwrap_or(started);
+        #[allow(clippy::disallowed_methods, reason = "tokio's clock: madsim's virtual clock under simulation")]
+        let silent_ms = heard.elapsed().as_millis() as u64;
+        let pause_ms = if silent_ms > max_ms {
+            tm.self_fence(silent_ms);
+            tm.config.heartbeat_interval_ms.max(1)
+        } else {
+            max_ms - silent_ms + 1
+        };
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+    }
+}
+
 /// Sends a subtask's message to the job manager, retrying transport failures a bounded number of
 /// times (a lost ack only means the checkpoint times out).
 pub(crate) async fn call_jm(jm: &RpcClient<JmRequest, JmResponse>, request: JmRequest) {
@@ -386,14 +414,7 @@ async fn register_and_heartbeat(tm: Arc<TaskManager>) {
     let interval_ms = tm.config.heartbeat_interval_ms.max(1);
     let mut registered = false;
     let mut backoff_ms = interval_ms;
-    #[allow(clippy::disallowed_methods, reason = "tokio's clock: madsim's virtual clock under simulation")]
-    let mut last_heard = tokio::time::Instant::now();
     loop {
-        #[allow(clippy::disallowed_methods, reason = "tokio's clock: madsim's virtual clock under simulation")]
-        let silent_ms = last_heard.elapsed().as_millis() as u64;
-        if silent_ms > tm.config.jm_silence_ms_max {
-            tm.self_fence(silent_ms);
-        }
         let request = if registered {
             let running_attempt = tm.lock().running_attempt;
             JmRequest::Heartbeat { tm: tm.config.id, incarnation: tm.config.incarnation, running_attempt }
@@ -404,7 +425,7 @@ async fn register_and_heartbeat(tm: Arc<TaskManager>) {
         if answer.is_ok() {
             #[allow(clippy::disallowed_methods, reason = "tokio's clock: madsim's virtual clock under simulation")]
             let now = tokio::time::Instant::now();
-            last_heard = now;
+            tm.lock().jm_heard_at = Some(now);
         }
         match answer {
             Ok(JmResponse::Ok) => {
@@ -481,4 +502,73 @@ async fn on_data_connection(tm: &TaskManager, mut stream: TcpStream) -> Result<(
         tracing::warn!(consumer = %hello.consumer, producer = %hello.producer, "data channel not taken by its consumer");
     }
     Ok(())
+}
+
+#[cfg(all(test, madsim))]
+mod tests {
+    use super::*;
+    use crate::cluster::sim::simulate;
+    use floe_core::ids::OperatorId;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const SILENCE_MS: u64 = 600;
+
+    /// Sets its flag when dropped: a task holding it was aborted.
+    struct Dropped(Arc<AtomicBool>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A task manager running one idle subtask of attempt 1; the flag says when its task ended.
+    fn tm_with_a_subtask() -> (Arc<TaskManager>, Arc<AtomicBool>) {
+        let addr = |last: u8| SocketAddr::new(IpAddr::from([10, 0, 0, last]), 1);
+        let mut config = TaskManagerConfig::new(TaskManagerId(0), 1, IpAddr::from([10, 0, 1, 1]), 1, addr(1), addr(2), addr(3), JobRegistry::builtin());
+        config.jm_silence_ms_max = SILENCE_MS;
+        let tm = Arc::new(TaskManager::new(config));
+        let ended = Arc::new(AtomicBool::new(false));
+        let guard = Dropped(ended.clone());
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        });
+        let (control, _) = mpsc::channel(1);
+        let (inputs, _) = mpsc::channel(1);
+        let (_, completed) = watch::channel(0);
+        let handle = SubtaskHandle { attempt: AttemptId(1), control, inputs, gate: BTreeMap::new(), completed, _task: AbortOnDrop(task) };
+        let mut state = tm.lock();
+        state.running_attempt = Some(AttemptId(1));
+        state.subtasks.insert(SubtaskId::new(OperatorId(3), 0), handle);
+        drop(state);
+        (tm, ended)
+    }
+
+    #[test]
+    fn a_task_manager_cancels_its_subtasks_on_time_once_the_job_manager_falls_silent() {
+        // (ms the job manager keeps answering, ms after its last answer we look, still running?)
+        let table: [(u64, u64, bool); 4] = [(0, SILENCE_MS - 10, true), (0, SILENCE_MS + 10, false), (1_000, SILENCE_MS - 10, true), (1_000, SILENCE_MS + 10, false)];
+        for (answering_ms, look_after_ms, running) in table {
+            let ended = simulate(3, Duration::from_secs(60), "cargo test -p floe-runtime task_manager", move || async move {
+                let (tm, ended) = tm_with_a_subtask();
+                let _watch = AbortOnDrop(tokio::spawn(watch_jm_silence(tm.clone())));
+                // Heartbeat answers every 50 ms for `answering_ms`, then nothing.
+                let mut answered_ms = 0;
+                while answered_ms < answering_ms {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    answered_ms += 50;
+                    #[allow(clippy::disallowed_methods, reason = "tokio's clock: madsim's virtual clock under simulation")]
+                    let now = tokio::time::Instant::now();
+                    tm.lock().jm_heard_at = Some(now);
+                }
+                tokio::time::sleep(Duration::from_millis(look_after_ms)).await;
+                tokio::task::yield_now().await;
+                let ended = ended.load(Ordering::SeqCst);
+                assert_eq!(tm.lock().subtasks.is_empty(), ended, "the handle goes with its task");
+                ended
+            });
+            assert_eq!(!ended, running, "answering {answering_ms} ms, looking {look_after_ms} ms after the last answer");
+        }
+    }
 }

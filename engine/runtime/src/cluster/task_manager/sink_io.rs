@@ -8,9 +8,10 @@
 //! * `Commit{id}` → commit with the producer held for the id, or — after a restore, for an id
 //!   this subtask did not open — with the producer id and epoch `list_transactions` reports
 //!   (commit is idempotent, so committing a committed transaction is fine).
-//! * `AbortLater{..}` → `list_transactions(prefix)` and fence each one, in any state, that
-//!   [`SinkCommand::aborts`] covers (`init_transactions`: a new epoch aborts it and rejects the
-//!   old producer's later writes, so a zombie cannot reopen it).
+//! * `AbortLater{..}` → `list_transactions(prefix)` and fence each one that
+//!   [`SinkCommand::aborts`] covers, open or not (`init_transactions`: a new epoch aborts an open
+//!   transaction and rejects the old producer's later writes, so a zombie can neither reopen it
+//!   nor open one in an id it had initialized).
 //! * `PlainWrite{records}` → idempotent produce outside any transaction (the at-least-once control).
 //!
 //! Transient broker errors are retried ([`SINK_RETRY`]); a permanent one (fenced, timed out,
@@ -128,10 +129,13 @@ impl SinkIo {
                     // attempt (still running until its cancel arrives) would otherwise write into
                     // the aborted id again, reopen it, and hold back every read-committed consumer
                     // until the broker's transaction timeout (jm-crash-recovered-commits-invisible).
-                    // Whatever its state: an id that is only initialized (`Empty`) or already
-                    // ended is reopened just the same by a write still in flight from a dead or
-                    // cut-off producer — Kafka's "hanging transaction" (KIP-890;
-                    // late-write-reopens-initialized-transaction).
+                    // Fence every covered id, not only the open ones (Flink's `TransactionAborter`
+                    // likewise runs `initTransactions` on each id after the restored checkpoint): an
+                    // id a zombie initialized but has not written to yet is `Empty`, and its
+                    // producer still holds the current epoch — its write, delayed in a partitioned
+                    // link, would open a transaction nobody ever ends
+                    // (broker-crash-and-one-way-partition-loses-tail;
+                    // late-write-reopens-initialized-transaction: Kafka's "hanging transactions", KIP-890).
                     let result = with_retries(|| self.client.init_transactions(&row.transactional_id, None)).await;
                     match result {
                         Ok(_) => tracing::info!(event = "sink_aborted", attempt, subtask = %subtask, txn = %row.transactional_id),
@@ -177,5 +181,105 @@ async fn with_retries<T, Fut: std::future::Future<Output = Result<T, BrokerError
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(all(test, madsim))]
+mod tests {
+    use super::*;
+    use crate::broker::{run_broker_server, BrokerConfig, IsolationLevel};
+    use crate::cluster::sim::simulate;
+    use crate::disk::SimDisk;
+    use crate::transport::RpcConfig;
+    use floe_core::ids::{CheckpointId, OperatorId};
+    use madsim::runtime::Handle;
+    use std::net::SocketAddr;
+
+    const TOPIC: &str = "out";
+    const PREFIX: &str = "floe-sink";
+
+    fn broker_addr() -> SocketAddr {
+        "10.0.0.1:9092".parse().expect("a socket address")
+    }
+
+    fn client() -> BrokerClient {
+        BrokerClient::new(broker_addr(), RpcConfig { call_timeout_ms: 1_000, ..RpcConfig::default() })
+    }
+
+    /// What a zombie of the old attempt did with one transactional id before the restore.
+    #[derive(Clone, Copy, Debug)]
+    enum Zombie {
+        /// `init_transactions` only: the id is `Empty`, the producer holds its current epoch.
+        Initialized,
+        /// Wrote one record: the transaction is open.
+        Wrote,
+        /// Wrote and prepared.
+        Prepared,
+    }
+
+    #[test]
+    fn a_restore_fences_every_later_id_of_its_share_so_a_zombie_opens_no_transaction_in_it() {
+        // (id, partition, what the zombie did, covered by AbortLater{after: 1, owner: 0, parallelism: 2}).
+        let table: [(&str, u32, Zombie, bool); 5] = [
+            // Named by the restored checkpoint: it is committed by the restore, never fenced.
+            ("floe-sink-0-1", 0, Zombie::Prepared, false),
+            // The bug: initialized, not yet written; its delayed write must be refused.
+            ("floe-sink-0-2", 0, Zombie::Initialized, true),
+            ("floe-sink-0-3", 0, Zombie::Wrote, true),
+            ("floe-sink-0-4", 0, Zombie::Prepared, true),
+            // Another owner's share: untouched.
+            ("floe-sink-1-2", 1, Zombie::Initialized, false),
+        ];
+        simulate(7, Duration::from_secs(60), "cargo test -p floe-runtime sink_io", move || async move {
+            let disk = SimDisk::new();
+            let _broker = Handle::current()
+                .create_node()
+                .name("broker")
+                .ip(broker_addr().ip())
+                .init(move || {
+                    let disk = disk.clone();
+                    async move {
+                        let _ = run_broker_server(broker_addr(), disk, BrokerConfig::default()).await;
+                    }
+                })
+                .build();
+            let node = Handle::current().create_node().name("tm").ip("10.0.1.1".parse().expect("an ip")).build();
+            node.spawn(async move {
+                let c = client();
+                let mut sink = SinkIo::new(c.clone(), TOPIC.into(), AttemptId(2), SubtaskId::new(OperatorId(3), 0));
+                sink.ensure_topic(2).await.expect("the topic");
+                let mut zombies = Vec::new();
+                for (tid, partition, zombie, _) in table {
+                    let mut producer = Producer::transactional(c.clone(), tid, None, SINK_RETRY).await.expect("init");
+                    if matches!(zombie, Zombie::Wrote | Zombie::Prepared) {
+                        producer.send(TOPIC, PartitionId(partition), vec![Record::value(format!("{tid}-before"))]).await.expect("write");
+                    }
+                    if matches!(zombie, Zombie::Prepared) {
+                        producer.prepare().await.expect("prepare");
+                    }
+                    zombies.push(producer);
+                }
+                let restore = SinkCommand::AbortLater { prefix: PREFIX.into(), after: CheckpointId(1), owner: 0, parallelism: 2 };
+                sink.run(restore).await.expect("abort later");
+                for ((tid, partition, zombie, covered), producer) in table.into_iter().zip(zombies.iter_mut()) {
+                    let late = producer.send(TOPIC, PartitionId(partition), vec![Record::value(format!("{tid}-late"))]).await;
+                    match (covered, zombie) {
+                        (true, _) => assert!(matches!(late, Err(BrokerError::Fenced { .. })), "{tid} ({zombie:?}): {late:?}"),
+                        // A prepared transaction takes no writes, fenced or not.
+                        (false, Zombie::Prepared) => assert!(late.is_err(), "{tid} ({zombie:?}): {late:?}"),
+                        (false, _) => assert!(late.is_ok(), "{tid} ({zombie:?}): {late:?}"),
+                    }
+                }
+                // The restored checkpoint's transaction still commits.
+                assert_eq!(zombies[0].commit().await.expect("commit"), TxnState::CompleteCommit);
+                // Nothing holds back a read-committed consumer of the share's partition.
+                let fetched = c.fetch(TOPIC, PartitionId(0), floe_core::ids::Offset(0), 100, 1 << 20, IsolationLevel::ReadCommitted).await.expect("fetch");
+                assert_eq!(fetched.last_stable_offset, fetched.high_watermark, "an open transaction holds partition 0 back");
+                let values: Vec<Vec<u8>> = fetched.records.into_iter().map(|(_, r)| r.value).collect();
+                assert_eq!(values, vec![b"floe-sink-0-1-before".to_vec()]);
+            })
+            .await
+            .expect("the test task");
+        });
     }
 }
