@@ -263,6 +263,13 @@ impl TaskManager {
         }
         let waiting: Vec<(SubtaskId, watch::Receiver<u64>)> =
             self.lock().subtasks.iter().filter(|(_, h)| h.attempt == attempt).map(|(s, h)| (*s, h.completed.clone())).collect();
+        if waiting.is_empty() {
+            // The job manager sends this only to the hosts of the attempt's subtasks: none here
+            // means they were cancelled (self-fenced) or this process restarted since, and
+            // nothing carried the completion out. Confirming it would let the job finish with
+            // its final transactions never committed (late-final-completion-after-self-fence).
+            return TmResponse::Error(format!("no subtask of {attempt} runs here: the completion of {checkpoint_id} was not carried out"));
+        }
         let confirmed = async {
             for (subtask, mut completed) in waiting {
                 if completed.wait_for(|done| *done >= checkpoint_id.0).await.is_err() {
