@@ -402,7 +402,21 @@ async fn watch_jm_silence(tm: Arc<TaskManager>) {
 /// Sends a subtask's message to the job manager, retrying transport failures a bounded number of
 /// times (a lost ack only means the checkpoint times out).
 pub(crate) async fn call_jm(jm: &RpcClient<JmRequest, JmResponse>, request: JmRequest) {
-    for attempt in 1..=JM_CALL_ATTEMPTS_MAX {
+    call_jm_attempts(jm, request, JM_CALL_ATTEMPTS_MAX).await
+}
+
+/// Sends `request` until the job manager answers, however long it is unreachable — for a state
+/// change that must not be lost (a source's end of input: without it the final checkpoint is
+/// never triggered and the job never finishes; Flink's TaskExecutor likewise retries
+/// `updateTaskExecutionState`). Bounded by the caller's lifetime: it runs as a subtask's
+/// background task, which ends with the subtask, and a task manager cut off from the job manager
+/// for `jm_silence_ms_max` cancels its subtasks.
+pub(crate) async fn call_jm_until_answered(jm: &RpcClient<JmRequest, JmResponse>, request: JmRequest) {
+    call_jm_attempts(jm, request, u32::MAX).await
+}
+
+async fn call_jm_attempts(jm: &RpcClient<JmRequest, JmResponse>, request: JmRequest, attempts_max: u32) {
+    for attempt in 1..=attempts_max {
         match jm.call(request.clone()).await {
             Ok(JmResponse::Error(e)) => {
                 tracing::warn!(error = %e, "the job manager refused a message");

@@ -20,7 +20,7 @@
 use super::sink_io::SinkIo;
 use super::state_io::{self, CapturedSnapshot};
 use super::wire::{self, ChannelElement};
-use super::{call_jm, AbortOnDrop, Control, InputChannel};
+use super::{call_jm, call_jm_until_answered, AbortOnDrop, Control, InputChannel};
 use crate::blob::BlobClient;
 use crate::broker::{BrokerClient, IsolationLevel};
 use crate::cluster::jobs::JobSpec;
@@ -625,7 +625,7 @@ impl Task {
         tracing::info!(event = "end_of_input", attempt = self.attempt.0, subtask = %self.subtask);
         let (jm, attempt, subtask) = (self.jm.clone(), self.attempt, self.subtask);
         self.spawn_background(async move {
-            call_jm(&jm, JmRequest::EndOfInput { attempt, subtask }).await;
+            call_jm_until_answered(&jm, JmRequest::EndOfInput { attempt, subtask }).await;
         });
         Ok(())
     }
