@@ -98,7 +98,18 @@ impl BrokerClient {
         transactional_id: &str,
         transaction_timeout_ms: Option<u64>,
     ) -> Result<(ProducerId, ProducerEpoch), BrokerError> {
-        let request = BrokerRequest::InitTransactions { transactional_id: transactional_id.into(), transaction_timeout_ms };
+        self.init_transactions_with_token(transactional_id, transaction_timeout_ms, None).await
+    }
+
+    /// [`init_transactions`](Self::init_transactions) ordered by `token` (see [`InitToken`]):
+    /// retries with the same token are idempotent, older tokens are refused.
+    pub async fn init_transactions_with_token(
+        &self,
+        transactional_id: &str,
+        transaction_timeout_ms: Option<u64>,
+        token: Option<InitToken>,
+    ) -> Result<(ProducerId, ProducerEpoch), BrokerError> {
+        let request = BrokerRequest::InitTransactions { transactional_id: transactional_id.into(), transaction_timeout_ms, token };
         match self.call(request).await? {
             BrokerResponse::ProducerId { producer_id, epoch } => Ok((producer_id, epoch)),
             other => Err(unexpected("ProducerId", other)),
@@ -210,8 +221,20 @@ impl Producer {
         transaction_timeout_ms: Option<u64>,
         retry: RetryPolicy,
     ) -> Result<Self, BrokerError> {
+        Self::transactional_with_token(client, transactional_id, transaction_timeout_ms, None, retry).await
+    }
+
+    /// [`transactional`](Self::transactional) whose init carries `token` — the same on every
+    /// retry, so a retry that overtakes its own first attempt is not fenced by it.
+    pub async fn transactional_with_token(
+        client: BrokerClient,
+        transactional_id: &str,
+        transaction_timeout_ms: Option<u64>,
+        token: Option<InitToken>,
+        retry: RetryPolicy,
+    ) -> Result<Self, BrokerError> {
         let (producer_id, epoch) =
-            with_retries(retry, || client.init_transactions(transactional_id, transaction_timeout_ms)).await?;
+            with_retries(retry, || client.init_transactions_with_token(transactional_id, transaction_timeout_ms, token)).await?;
         Ok(Producer {
             client,
             producer_id,

@@ -106,6 +106,8 @@ pub enum MetaEntry {
         epoch: ProducerEpoch,
         /// Its transaction timeout.
         transaction_timeout_ms: u64,
+        /// The init's token, if it carried one.
+        token: Option<crate::broker::protocol::InitToken>,
     },
     /// A partition joined the open transaction (opening it if none was).
     AddPartition {

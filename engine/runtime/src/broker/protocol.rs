@@ -162,6 +162,8 @@ pub enum BrokerRequest {
         transactional_id: String,
         /// The transaction timeout; `None` for the broker's default. Capped by the broker's max.
         transaction_timeout_ms: Option<u64>,
+        /// Orders the inits of this id (see [`InitToken`]); `None`: unconditional.
+        token: Option<InitToken>,
     },
     /// Pre-commits the open transaction (floe's addition; Flink's `preCommit`).
     Prepare {
@@ -254,6 +256,25 @@ pub enum BrokerResponse {
 /// The longest topic name, in bytes (Kafka's limit).
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 
+/// Orders the `InitTransactions` calls on one transactional id: a fencing token (floe's addition,
+/// in the spirit of Kafka's KIP-360 and KIP-890). An init carrying a token lower than the last
+/// one the id accepted is refused ([`BrokerError::StaleInit`]); one carrying the same token is a
+/// duplicate — a retry, or the first attempt arriving late after its retry succeeded — and
+/// answers the current producer id and epoch without bumping the epoch or aborting anything.
+/// Without it, such a late duplicate fenced the very producer it had created and aborted its
+/// pre-committed transaction; and an init a dead attempt left in the network could fence a newer
+/// attempt's transaction of the same id.
+///
+/// floe's sinks use `generation` = the attempt (monotone across the job, job-manager restarts
+/// included) and `sequence` = a per-subtask counter of init calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InitToken {
+    /// The writer's generation (floe: the attempt).
+    pub generation: u64,
+    /// The call within the generation.
+    pub sequence: u64,
+}
+
 /// The longest transactional id, in bytes.
 pub const TRANSACTIONAL_ID_BYTES_MAX: usize = 1024;
 
@@ -285,6 +306,16 @@ pub enum BrokerError {
     /// A name (topic or transactional id) or a count is not acceptable.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// An `InitTransactions` whose [`InitToken`] is older than the last one the id accepted.
+    #[error("init of {transactional_id:?} with token {token:?} is older than the id's last, {last:?}")]
+    StaleInit {
+        /// The transactional id.
+        transactional_id: String,
+        /// The request's token.
+        token: InitToken,
+        /// The last token the id accepted.
+        last: InitToken,
+    },
     /// A newer epoch of this producer exists: this one is a zombie.
     #[error("producer {producer_id} epoch {epoch} is fenced by epoch {current_epoch}")]
     Fenced {

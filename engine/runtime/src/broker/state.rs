@@ -211,6 +211,8 @@ struct TxnMeta {
     /// The partitions of the open (or last) transaction.
     partitions: BTreeSet<(String, PartitionId)>,
     started_ms: u64,
+    /// The highest [`InitToken`] an init of this id carried.
+    last_token: Option<InitToken>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -286,7 +288,7 @@ impl BrokerState {
                 self.owners.insert(*producer_id, Owner::Idempotent);
                 self.next_producer_id = self.next_producer_id.max(producer_id + 1);
             }
-            MetaEntry::InitTransactions { transactional_id, producer_id, epoch, transaction_timeout_ms } => {
+            MetaEntry::InitTransactions { transactional_id, producer_id, epoch, transaction_timeout_ms, token } => {
                 self.owners.insert(*producer_id, Owner::Transactional(transactional_id.clone()));
                 self.next_producer_id = self.next_producer_id.max(producer_id + 1);
                 let meta = self.txns.entry(transactional_id.clone()).or_insert_with(|| TxnMeta {
@@ -297,7 +299,9 @@ impl BrokerState {
                     transaction: 0,
                     partitions: BTreeSet::new(),
                     started_ms: now_ms,
+                    last_token: None,
                 });
+                meta.last_token = meta.last_token.max(*token);
                 meta.producer_id = *producer_id;
                 meta.epoch = *epoch;
                 meta.timeout_ms = *transaction_timeout_ms;
@@ -500,8 +504,8 @@ impl BrokerState {
             BrokerRequest::Produce { topic, partition, producer, transactional_id, records } => {
                 self.produce(&topic, partition, producer, transactional_id, records, now_ms, staged)
             }
-            BrokerRequest::InitTransactions { transactional_id, transaction_timeout_ms } => {
-                self.init_transactions(transactional_id, transaction_timeout_ms, now_ms, staged)
+            BrokerRequest::InitTransactions { transactional_id, transaction_timeout_ms, token } => {
+                self.init_transactions(transactional_id, transaction_timeout_ms, token, now_ms, staged)
             }
             BrokerRequest::Prepare { transactional_id, producer_id, epoch } => {
                 self.prepare(&transactional_id, producer_id, epoch, now_ms, staged)
@@ -666,6 +670,7 @@ impl BrokerState {
         &mut self,
         tid: String,
         timeout_ms: Option<u64>,
+        token: Option<InitToken>,
         now_ms: u64,
         staged: &mut Staged,
     ) -> Result<BrokerResponse, BrokerError> {
@@ -678,6 +683,18 @@ impl BrokerState {
                 "transaction timeout {timeout_ms} ms outside (0, {}]",
                 self.config.transaction_timeout_ms_max
             )));
+        }
+        if let (Some(token), Some(meta)) = (token, self.txns.get(&tid)) {
+            match meta.last_token {
+                Some(last) if token < last => {
+                    return Err(BrokerError::StaleInit { transactional_id: tid, token, last });
+                }
+                // A duplicate of the init that made the current epoch: answer it again.
+                Some(last) if token == last => {
+                    return Ok(BrokerResponse::ProducerId { producer_id: meta.producer_id, epoch: meta.epoch });
+                }
+                _ => {}
+            }
         }
         let (producer_id, epoch, open) = match self.txns.get(&tid) {
             Some(meta) => {
@@ -697,7 +714,7 @@ impl BrokerState {
         if open {
             self.end_open_transaction(staged, &tid, TxnOutcome::Abort, TxnEndReason::Fenced, now_ms);
         }
-        let entry = MetaEntry::InitTransactions { transactional_id: tid, producer_id, epoch, transaction_timeout_ms: timeout_ms };
+        let entry = MetaEntry::InitTransactions { transactional_id: tid, producer_id, epoch, transaction_timeout_ms: timeout_ms, token };
         self.emit_meta(staged, entry, now_ms);
         Ok(BrokerResponse::ProducerId { producer_id, epoch })
     }
@@ -894,7 +911,7 @@ mod tests {
     }
 
     fn init(b: &mut BrokerState, tid: &str) -> (ProducerId, ProducerEpoch) {
-        match ok(b, BrokerRequest::InitTransactions { transactional_id: tid.into(), transaction_timeout_ms: None }) {
+        match ok(b, BrokerRequest::InitTransactions { transactional_id: tid.into(), transaction_timeout_ms: None, token: None }) {
             BrokerResponse::ProducerId { producer_id, epoch } => (producer_id, epoch),
             other => panic!("{other:?}"),
         }
@@ -927,6 +944,59 @@ mod tests {
             assert_eq!(run(&mut b, produce(0, producer, None, &["a", "b"]), 0), want, "case {i}");
         }
         assert_eq!(values(&b, 0, IsolationLevel::ReadCommitted), ["plain", "a", "b", "a", "b"]);
+    }
+
+    fn init_with(b: &mut BrokerState, tid: &str, generation: u64, sequence: u64) -> Result<(ProducerId, ProducerEpoch), BrokerError> {
+        let token = Some(InitToken { generation, sequence });
+        match run(b, BrokerRequest::InitTransactions { transactional_id: tid.into(), transaction_timeout_ms: None, token }, 0)? {
+            BrokerResponse::ProducerId { producer_id, epoch } => Ok((producer_id, epoch)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_late_duplicate_init_neither_fences_its_producer_nor_aborts_its_prepared_transaction() {
+        let mut b = broker();
+        let (pid, e0) = init_with(&mut b, "sink-0-5", 1, 7).unwrap();
+        ok(&mut b, produce(0, stamp(pid, e0, 0), Some("sink-0-5"), &["a"]));
+        ok(&mut b, BrokerRequest::Prepare { transactional_id: "sink-0-5".into(), producer_id: pid, epoch: e0 });
+        // The first attempt of the same init, held in the network, arrives now.
+        assert_eq!(init_with(&mut b, "sink-0-5", 1, 7), Ok((pid, e0)));
+        ok(&mut b, end("sink-0-5", (pid, e0), TxnOutcome::Commit));
+        assert_eq!(values(&b, 0, IsolationLevel::ReadCommitted), ["a"]);
+    }
+
+    #[test]
+    fn an_older_token_is_refused_and_a_newer_one_fences() {
+        let mut b = broker();
+        let (pid, e0) = init_with(&mut b, "sink-1-3", 2, 1).unwrap();
+        let stale = init_with(&mut b, "sink-1-3", 1, 9);
+        assert_eq!(
+            stale,
+            Err(BrokerError::StaleInit {
+                transactional_id: "sink-1-3".into(),
+                token: InitToken { generation: 1, sequence: 9 },
+                last: InitToken { generation: 2, sequence: 1 },
+            })
+        );
+        assert_eq!(init_with(&mut b, "sink-1-3", 2, 2), Ok((pid, e0 + 1)));
+        // An unconditional init (no token) is not ordered: it still fences.
+        assert_eq!(init(&mut b, "sink-1-3"), (pid, e0 + 2));
+        assert!(matches!(init_with(&mut b, "sink-1-3", 2, 1), Err(BrokerError::StaleInit { .. })), "the highest token is kept");
+    }
+
+    #[test]
+    fn the_last_init_token_survives_a_replay_of_the_metadata_log() {
+        let mut b = broker();
+        let mut staged = Staged::default();
+        let req = |g, s| BrokerRequest::InitTransactions { transactional_id: "sink-2-4".into(), transaction_timeout_ms: None, token: Some(InitToken { generation: g, sequence: s }) };
+        b.handle(BrokerRequest::CreateTopic { topic: T.into(), partitions: 2 }, 0, &mut Staged::default()).ok();
+        b.handle(req(3, 1), 0, &mut staged).unwrap();
+        let mut replayed = BrokerState::new(BrokerConfig { transaction_timeout_ms: 1_000, ..BrokerConfig::default() });
+        for entry in &staged.meta {
+            replayed.apply_meta(entry, 0);
+        }
+        assert!(matches!(run(&mut replayed, req(2, 5), 0), Err(BrokerError::StaleInit { .. })));
     }
 
     #[test]
@@ -1085,8 +1155,8 @@ mod tests {
             (produce(0, stamp(id.0, id.1, 1), None, &["v"]), |e| matches!(e, BrokerError::InvalidRequest(_))),
             (produce(0, stamp(id.0, id.1, 1), Some("nope"), &["v"]), |e| matches!(e, BrokerError::UnknownTransactionalId(_))),
             (produce(0, stamp(y.producer_id, 0, 0), Some("y"), &["v"]), |e| matches!(e, BrokerError::LimitExceeded { .. })),
-            (BrokerRequest::InitTransactions { transactional_id: String::new(), transaction_timeout_ms: None }, |e| matches!(e, BrokerError::InvalidRequest(_))),
-            (BrokerRequest::InitTransactions { transactional_id: "z".into(), transaction_timeout_ms: Some(u64::MAX) }, |e| matches!(e, BrokerError::InvalidRequest(_))),
+            (BrokerRequest::InitTransactions { transactional_id: String::new(), transaction_timeout_ms: None, token: None }, |e| matches!(e, BrokerError::InvalidRequest(_))),
+            (BrokerRequest::InitTransactions { transactional_id: "z".into(), transaction_timeout_ms: Some(u64::MAX), token: None }, |e| matches!(e, BrokerError::InvalidRequest(_))),
             (end("nope", id, TxnOutcome::Commit), |e| matches!(e, BrokerError::UnknownTransactionalId(_))),
             (end("x", (id.0 + 1, id.1), TxnOutcome::Commit), |e| matches!(e, BrokerError::UnknownProducer { .. })),
         ];

@@ -299,7 +299,7 @@ mod tests {
     #[test]
     fn a_corrupt_metadata_tail_is_truncated_too() {
         let (disk, mut b) = with_topic();
-        exec(&mut b, BrokerRequest::InitTransactions { transactional_id: "x".into(), transaction_timeout_ms: None }).unwrap();
+        exec(&mut b, BrokerRequest::InitTransactions { transactional_id: "x".into(), transaction_timeout_ms: None, token: None }).unwrap();
         drop(b);
         let mut meta = disk.bytes(META_LOG_PATH);
         *meta.last_mut().unwrap() ^= 0xFF;
@@ -326,7 +326,7 @@ mod tests {
     fn a_commit_decided_before_a_crash_gets_its_markers_on_recovery() {
         let (disk, mut b) = with_topic();
         let Ok(BrokerResponse::ProducerId { producer_id, epoch }) =
-            exec(&mut b, BrokerRequest::InitTransactions { transactional_id: "x".into(), transaction_timeout_ms: None })
+            exec(&mut b, BrokerRequest::InitTransactions { transactional_id: "x".into(), transaction_timeout_ms: None, token: None })
         else {
             panic!()
         };
@@ -486,7 +486,7 @@ mod tests {
                     }
                 }
                 Op::Init { t } => {
-                    let req = BrokerRequest::InitTransactions { transactional_id: format!("tx-{t}"), transaction_timeout_ms: None };
+                    let req = BrokerRequest::InitTransactions { transactional_id: format!("tx-{t}"), transaction_timeout_ms: None, token: None };
                     let Ok(BrokerResponse::ProducerId { producer_id, epoch }) = sut.call(req, fail_after) else { panic!() };
                     m.abort_open(t, TxnEndReason::Fenced);
                     let mt = &mut m.txns[t];

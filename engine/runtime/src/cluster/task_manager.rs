@@ -297,6 +297,17 @@ impl TaskManager {
         state.running_attempt = None;
     }
 
+    /// Cancels every running subtask because the job manager answered `RegisterAgain`.
+    fn cancel_stale_subtasks(&self) {
+        let mut state = self.lock();
+        if state.subtasks.is_empty() {
+            return;
+        }
+        tracing::warn!(event = "tm_unknown_to_jm", tm = self.config.id.0, attempt = state.running_attempt.map(|a| a.0), subtasks = state.subtasks.len());
+        state.subtasks.clear();
+        state.running_attempt = None;
+    }
+
     fn notify(&self, attempt: AttemptId, control: Control, what: &str) -> TmResponse {
         let state = self.lock();
         if let Some(stale) = Self::fence(&state, attempt, what) {
@@ -457,6 +468,12 @@ async fn register_and_heartbeat(tm: Arc<TaskManager>) {
                 backoff_ms = interval_ms;
             }
             Ok(JmResponse::RegisterAgain) => {
+                // The job manager does not know this task manager: it restarted, or declared us
+                // lost and failed the job over. Either way whatever runs here belongs to an
+                // attempt it will never confirm — cancel it now, before it opens transactions a
+                // newer attempt's restore did not see (Flink's TaskExecutor fails a job's tasks
+                // when it loses that job's leader).
+                tm.cancel_stale_subtasks();
                 registered = false;
                 continue;
             }

@@ -1,6 +1,9 @@
 //! Carries out a sink writer's [`SinkCommand`]s against the broker, in order (the I/O half of
 //! Flink's `KafkaWriter` / `KafkaCommitter` and `TwoPhaseCommitSinkFunction`).
 //!
+//! * Every init carries an [`InitToken`] (this attempt, a per-subtask counter): its retries are
+//!   idempotent, and an init of an older attempt still in the network is refused by the broker
+//!   once a newer attempt touched the id.
 //! * `Begin{id}` → `init_transactions(id)` (fences every older producer of the id, aborts its
 //!   unfinished transaction); the producer id and epoch are kept for the id's later commands.
 //! * `Write{id, records}` → transactional produce to the output topic, partition = subtask index.
@@ -18,7 +21,7 @@
 //! aborted, a commit the broker refuses) is a [`SinkFailure`]: the subtask fails and the job
 //! restarts from its latest completed checkpoint.
 
-use crate::broker::{BrokerClient, BrokerError, Producer, Record, RetryPolicy, TxnState};
+use crate::broker::{BrokerClient, BrokerError, InitToken, Producer, Record, RetryPolicy, TxnState};
 use floe_core::ids::{AttemptId, PartitionId, SubtaskId};
 use floe_core::operator::{SinkCommand, TransactionalId};
 use std::collections::BTreeMap;
@@ -57,12 +60,14 @@ pub struct SinkIo {
     plain: Option<Producer>,
     /// Records written so far (transactional or plain).
     pub records_written: u64,
+    /// Init calls made so far: the sequence of the next [`InitToken`].
+    inits: u64,
 }
 
 impl SinkIo {
     /// The sink I/O of `subtask` writing partition `subtask.index` of `topic`.
     pub fn new(client: BrokerClient, topic: String, attempt: AttemptId, subtask: SubtaskId) -> Self {
-        SinkIo { client, topic, partition: PartitionId(subtask.index.0), attempt, subtask, open: BTreeMap::new(), plain: None, records_written: 0 }
+        SinkIo { client, topic, partition: PartitionId(subtask.index.0), attempt, subtask, open: BTreeMap::new(), plain: None, records_written: 0, inits: 0 }
     }
 
     /// Creates the output topic with `partitions` partitions unless it exists (idempotent).
@@ -89,7 +94,10 @@ impl SinkIo {
                 if self.open.len() >= OPEN_TRANSACTIONS_MAX {
                     return Err(fail(format!("begin {tid}"), format!("{} transactions open, the bound", self.open.len())));
                 }
-                let producer = Producer::transactional(self.client.clone(), &tid, None, SINK_RETRY).await.map_err(|e| fail(format!("begin {tid}"), e))?;
+                let token = self.next_token();
+                let producer = Producer::transactional_with_token(self.client.clone(), &tid, None, Some(token), SINK_RETRY)
+                    .await
+                    .map_err(|e| fail(format!("begin {tid}"), e))?;
                 self.open.insert(tid, producer);
             }
             SinkCommand::Write { id, records } => {
@@ -136,11 +144,12 @@ impl SinkIo {
                     // link, would open a transaction nobody ever ends
                     // (broker-crash-and-one-way-partition-loses-tail;
                     // late-write-reopens-initialized-transaction: Kafka's "hanging transactions", KIP-890).
-                    let result = with_retries(|| self.client.init_transactions(&row.transactional_id, None)).await;
+                    let token = self.next_token();
+                    let result = with_retries(|| self.client.init_transactions_with_token(&row.transactional_id, None, Some(token))).await;
                     match result {
                         Ok(_) => tracing::info!(event = "sink_aborted", attempt, subtask = %subtask, txn = %row.transactional_id),
                         // Someone (a newer Begin) bumped the epoch since the listing: it is theirs now.
-                        Err(BrokerError::Fenced { .. }) => {}
+                        Err(BrokerError::Fenced { .. } | BrokerError::StaleInit { .. }) => {}
                         Err(e) => return Err(fail(format!("abort {}", row.transactional_id), e)),
                     }
                 }
@@ -156,6 +165,14 @@ impl SinkIo {
             }
         }
         Ok(())
+    }
+
+    /// The token of this subtask's next init: its attempt, then a counter. Every retry of one
+    /// init carries the same token (a late duplicate cannot fence its own producer), and an init
+    /// of an older attempt still in the network is refused once a newer attempt touched the id.
+    fn next_token(&mut self) -> InitToken {
+        self.inits += 1;
+        InitToken { generation: self.attempt.0, sequence: self.inits }
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<crate::broker::TxnListing>, SinkFailure> {
