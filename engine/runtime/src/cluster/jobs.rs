@@ -272,7 +272,7 @@ fn running_counts(env: &StreamEnvironment, spec: &JobSpec) -> DataStream<(String
     let source = spec.source_spec();
     env.add_source("lines", move || SourceReader::new(source.clone(), decode_line).expect("the source spec was validated"))
         .flat_map("split", |line: String, out: &mut Vec<String>| out.extend(words(&line)))
-        .key_by("by-word", |w: &String| w.clone())
+        .key_by_record("by-word")
         .process("count", RunningCount::default())
 }
 
