@@ -101,8 +101,12 @@ pub mod byte_buf {
     }
 
     /// Deserializes a byte string (or, from self-describing formats, a sequence of `u8`s).
+    ///
+    /// Asks for borrowed bytes: from a slice, bincode then hands over the bytes in place and
+    /// they are copied into a plain allocation, where `deserialize_byte_buf` would make bincode
+    /// allocate zeroed memory (`calloc`, which skips glibc's thread cache) and then copy.
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
-        deserializer.deserialize_byte_buf(BytesVisitor)
+        deserializer.deserialize_bytes(BytesVisitor)
     }
 
     pub(super) struct BytesVisitor;
