@@ -500,6 +500,28 @@ mod tests {
     }
 
     #[test]
+    fn a_borrowed_request_can_be_sent_again_and_is_answered_each_time() {
+        let rt = sim_runtime(6);
+        rt.block_on(async {
+            let _server = doubling_server(Arc::new(AtomicUsize::new(0)));
+            let got = node("client", CLIENT_IP)
+                .spawn(async move {
+                    let client = RpcClient::<u64, u64>::new(server_addr(), config(5_000, 4));
+                    let request = 21u64;
+                    let mut answers = Vec::new();
+                    for _ in 0..3 {
+                        answers.push(client.call_ref(&request).await.unwrap());
+                    }
+                    answers.push(client.call(request).await.unwrap());
+                    answers
+                })
+                .await
+                .unwrap();
+            assert_eq!(got, vec![42; 4]);
+        });
+    }
+
+    #[test]
     fn a_call_to_a_partitioned_server_times_out_and_works_again_after_unclog() {
         let rt = sim_runtime(2);
         rt.block_on(async {
