@@ -88,6 +88,107 @@ pub fn open_value<T: DeserializeOwned>(magic: [u8; 4], version: u16, bytes: &[u8
     from_bytes(open(magic, version, bytes)?)
 }
 
+/// `#[serde(with = "floe_core::codec::byte_buf")]` for a `Vec<u8>` field: serializes it as one
+/// byte string instead of a sequence of `u8`s. In floe's bincode configuration both forms are the
+/// same bytes (a varint length, then the bytes), so the wire and disk formats do not change; the
+/// byte-string form is copied in one `memcpy` instead of being visited byte by byte.
+pub mod byte_buf {
+    use serde::{de, Deserializer, Serializer};
+
+    /// Serializes `bytes` as a byte string.
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    /// Deserializes a byte string (or, from self-describing formats, a sequence of `u8`s).
+    ///
+    /// Asks for borrowed bytes: from a slice, bincode then hands over the bytes in place and
+    /// they are copied into a plain allocation, where `deserialize_byte_buf` would make bincode
+    /// allocate zeroed memory (`calloc`, which skips glibc's thread cache) and then copy.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        deserializer.deserialize_bytes(BytesVisitor)
+    }
+
+    pub(super) struct BytesVisitor;
+
+    impl<'de> de::Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a byte string")
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            // Bound the pre-allocation: the size hint comes from untrusted bytes.
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(super::SEQ_PREALLOCATION_BYTES_MAX));
+            while let Some(b) = seq.next_element::<u8>()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// `#[serde(with = "floe_core::codec::opt_byte_buf")]` for an `Option<Vec<u8>>` field: as
+/// [`byte_buf`], inside an option (same bytes as the derived form in floe's bincode configuration).
+pub mod opt_byte_buf {
+    use serde::{de, Deserializer, Serializer};
+
+    /// Serializes `bytes` as an optional byte string.
+    pub fn serialize<S: Serializer>(bytes: &Option<Vec<u8>>, serializer: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(b) => serializer.serialize_some(&Bytes(b)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    /// Deserializes an optional byte string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<u8>>, D::Error> {
+        deserializer.deserialize_option(OptVisitor)
+    }
+
+    struct Bytes<'a>(&'a [u8]);
+
+    impl serde::Serialize for Bytes<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.serialize_bytes(self.0)
+        }
+    }
+
+    struct OptVisitor;
+
+    impl<'de> de::Visitor<'de> for OptVisitor {
+        type Value = Option<Vec<u8>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an optional byte string")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            super::byte_buf::deserialize(deserializer).map(Some)
+        }
+    }
+}
+
+/// The most bytes [`byte_buf`] reserves up front when it reads a byte string as a sequence.
+const SEQ_PREALLOCATION_BYTES_MAX: usize = 64 << 10;
+
 /// Why bytes could not be turned into a value (or back).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
@@ -142,6 +243,43 @@ pub enum CodecError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_strings_encode_to_the_same_bytes_as_the_derived_vec_form() {
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct Derived {
+            key: Option<Vec<u8>>,
+            value: Vec<u8>,
+        }
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct ByteString {
+            #[serde(with = "opt_byte_buf")]
+            key: Option<Vec<u8>>,
+            #[serde(with = "byte_buf")]
+            value: Vec<u8>,
+        }
+        let long: Vec<u8> = (0..=255).cycle().take(70_000).collect();
+        let cases: Vec<(Option<Vec<u8>>, Vec<u8>)> = vec![(None, vec![]), (Some(vec![]), vec![0]), (Some(b"k".to_vec()), long.clone()), (Some(long), b"v".to_vec())];
+        for (key, value) in cases {
+            let derived = to_bytes(&Derived { key: key.clone(), value: value.clone() }).unwrap();
+            let bytes = to_bytes(&ByteString { key: key.clone(), value: value.clone() }).unwrap();
+            assert_eq!(bytes, derived, "key {:?}", key.as_ref().map(Vec::len));
+            let back: ByteString = from_bytes(&derived).unwrap();
+            assert_eq!(back, ByteString { key: key.clone(), value: value.clone() });
+            let back: Derived = from_bytes(&bytes).unwrap();
+            assert_eq!(back, Derived { key, value });
+        }
+    }
+
+    #[test]
+    fn a_truncated_byte_string_is_a_decode_error() {
+        #[derive(Debug, serde::Serialize, serde::Deserialize)]
+        struct ByteString(#[serde(with = "byte_buf")] Vec<u8>);
+        let bytes = to_bytes(&ByteString(vec![7; 300])).unwrap();
+        for cut in [0, 1, 2, 100, bytes.len() - 1] {
+            assert!(matches!(from_bytes::<ByteString>(&bytes[..cut]), Err(CodecError::Decode(_))), "cut at {cut}");
+        }
+    }
 
     const MAGIC: [u8; 4] = *b"TEST";
 

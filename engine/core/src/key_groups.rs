@@ -124,6 +124,46 @@ pub fn key_group_for_hash(java_hash: i32, max_parallelism: u32) -> KeyGroup {
     KeyGroup(murmur_hash(java_hash) as u32 % max_parallelism)
 }
 
+/// How a keyed stream gets each record's key (Flink's `KeySelector`). Every `Fn(&T) -> K`
+/// closure is one; [`RecordIsKey`] keys a record by itself without copying it per record.
+pub trait KeySelector<T, K>: Clone + Send + Sync + 'static {
+    /// Writes the key of `record` into `key`, reusing the allocation already there when it can.
+    fn key_into(&self, record: &T, key: &mut Option<K>);
+
+    /// The key of `record`: borrowed from the record when it is its own key, else computed into
+    /// `scratch` (the hash router needs only a reference, for the key group).
+    fn key_of<'a>(&self, record: &'a T, scratch: &'a mut Option<K>) -> &'a K;
+}
+
+impl<T, K, F: Fn(&T) -> K + Clone + Send + Sync + 'static> KeySelector<T, K> for F {
+    fn key_into(&self, record: &T, key: &mut Option<K>) {
+        *key = Some(self(record));
+    }
+
+    fn key_of<'a>(&self, record: &'a T, scratch: &'a mut Option<K>) -> &'a K {
+        scratch.insert(self(record))
+    }
+}
+
+/// Keys each record by itself: `key_by(|x| x.clone())` without a clone (an allocation, for a
+/// `String`) per record and per hop — see `DataStream::key_by_record`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordIsKey;
+
+impl<T: Key> KeySelector<T, T> for RecordIsKey {
+    fn key_into(&self, record: &T, key: &mut Option<T>) {
+        match key {
+            // `clone_from` reuses the key's buffer: no allocation once it is large enough.
+            Some(k) => k.clone_from(record),
+            None => *key = Some(record.clone()),
+        }
+    }
+
+    fn key_of<'a>(&self, record: &'a T, _scratch: &'a mut Option<T>) -> &'a T {
+        record
+    }
+}
+
 /// The key group of a key (`assignToKeyGroup`).
 pub fn key_group_for_key<K: Key>(key: &K, max_parallelism: u32) -> KeyGroup {
     key_group_for_hash(key.java_hash_code(), max_parallelism)
@@ -204,6 +244,28 @@ impl KeyGroupRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_that_is_its_own_key_gets_the_same_key_as_a_cloning_selector() {
+        let clone = |w: &String| w.clone();
+        let mut by_clone = None;
+        let mut by_record = Some(String::with_capacity(64));
+        let capacity_before = by_record.as_ref().map(String::capacity);
+        for word in ["", "a", "word", "straße"] {
+            let record = word.to_string();
+            clone.key_into(&record, &mut by_clone);
+            RecordIsKey.key_into(&record, &mut by_record);
+            assert_eq!(by_record, by_clone, "{word:?}");
+            let mut scratch = None;
+            assert_eq!(RecordIsKey.key_of(&record, &mut scratch), &record);
+            assert!(scratch.is_none(), "the record itself is borrowed");
+            assert_eq!(clone.key_of(&record, &mut scratch), &record);
+        }
+        assert_eq!(by_record.as_ref().map(String::capacity), capacity_before, "the key buffer is reused");
+        let mut empty = None;
+        RecordIsKey.key_into(&7i64, &mut empty);
+        assert_eq!(empty, Some(7));
+    }
     use proptest::prelude::*;
 
     /// Values computed by Flink 2.3's `KeyGroupRangeAssignment` (see the issue that asked for them).

@@ -30,7 +30,7 @@
 use super::erased::{EdgeFns, Erased, OperatorFactory};
 use super::logical::{GraphError, JobGraph, LogicalEdge, LogicalNode, NodeRole};
 use crate::ids::OperatorId;
-use crate::key_groups::{default_max_parallelism, Key};
+use crate::key_groups::{default_max_parallelism, Key, KeySelector, RecordIsKey};
 use crate::operator::filter::FilterOperator;
 use crate::operator::flat_map::FlatMapOperator;
 use crate::operator::keyed_process::{KeyedProcessFunction, KeyedProcessOperator};
@@ -182,9 +182,23 @@ impl<T: Data> DataStream<T> {
     /// Partitions by key: records with one key go to one subtask of the next (keyed) operator,
     /// the one owning the key's key group.
     pub fn key_by<K: Key, S: Fn(&T) -> K + Clone + Send + Sync + 'static>(&self, name: impl Into<String>, selector: S) -> KeyedStream<K, T, S> {
-        let fns = EdgeFns::keyed::<T, K>(Arc::new(selector.clone()));
+        self.key_by_selector(name, selector)
+    }
+
+    /// Partitions by any [`KeySelector`] (see [`key_by`](Self::key_by)).
+    pub fn key_by_selector<K: Key, S: KeySelector<T, K>>(&self, name: impl Into<String>, selector: S) -> KeyedStream<K, T, S> {
+        let fns = EdgeFns::keyed_by::<T, K, S>(selector.clone());
         let node = self.env.add_node(name.into(), NodeRole::KeyBy, None, Some(fns), Some(self.node));
         KeyedStream { env: self.env.clone(), node, selector, _types: PhantomData }
+    }
+
+    /// Partitions by the records themselves (each record is its own key): the same partitioning
+    /// and state as `key_by(|x| x.clone())`, without a copy of every record to get its key.
+    pub fn key_by_record(&self, name: impl Into<String>) -> KeyedStream<T, T, RecordIsKey>
+    where
+        T: Key,
+    {
+        self.key_by_selector(name, RecordIsKey)
     }
 
     /// Round robin to every subtask of the next operator.
@@ -216,7 +230,7 @@ pub struct KeyedStream<K, T, S> {
     _types: PhantomData<fn() -> (K, T)>,
 }
 
-impl<K: Key, T: Data, S: Fn(&T) -> K + Clone + Send + Sync + 'static> KeyedStream<K, T, S> {
+impl<K: Key, T: Data, S: KeySelector<T, K>> KeyedStream<K, T, S> {
     /// Runs a keyed process function over the stream.
     pub fn process<F>(&self, name: impl Into<String>, function: F) -> DataStream<F::Out>
     where

@@ -9,7 +9,7 @@
 use crate::codec::{self, CodecError};
 use crate::element::Watermark;
 use crate::ids::{CheckpointId, Offset, PartitionId};
-use crate::key_groups::{key_group_for_key, operator_index_for_key_group, Key};
+use crate::key_groups::{key_group_for_key, operator_index_for_key_group, Key, KeySelector};
 use crate::operator::source::SourceReader;
 use crate::operator::{Data, Operator, OperatorContext, OperatorError, OperatorResult};
 use std::any::Any;
@@ -234,14 +234,20 @@ impl EdgeFns {
 
     /// The functions for an edge carrying `T`, keyed by `selector` (for hash partitioning).
     pub fn keyed<T: Data, K: Key>(selector: Arc<dyn Fn(&T) -> K + Send + Sync>) -> Self {
+        Self::keyed_by::<T, K, _>(move |record: &T| selector(record))
+    }
+
+    /// The functions for an edge carrying `T`, keyed by any [`KeySelector`] (for hash partitioning).
+    pub fn keyed_by<T: Data, K: Key, S: KeySelector<T, K>>(selector: S) -> Self {
         let route: RouteFn = Arc::new(move |batch, partitioner, targets, state, out| {
             let batch = downcast::<T>(batch)?;
             let Partitioner::Hash { max_parallelism } = *partitioner else {
                 return route_unkeyed::<T>(batch, partitioner, targets, state, out);
             };
             let mut parts: Vec<Vec<T>> = (0..targets).map(|_| Vec::new()).collect();
+            let mut scratch = None;
             for record in batch {
-                let kg = key_group_for_key(&selector(&record), max_parallelism);
+                let kg = key_group_for_key(selector.key_of(&record, &mut scratch), max_parallelism);
                 let target = operator_index_for_key_group(max_parallelism, targets, kg);
                 parts[target.0 as usize].push(record);
             }
@@ -311,6 +317,17 @@ mod tests {
             for w in batch {
                 assert_eq!(*owner.entry(w.clone()).or_insert(*t), *t, "{w} went to two targets");
             }
+        }
+    }
+
+    #[test]
+    fn keying_records_by_themselves_routes_exactly_as_a_cloning_selector() {
+        let by_clone = EdgeFns::keyed::<String, String>(Arc::new(|w: &String| w.clone()));
+        let by_record = EdgeFns::keyed_by::<String, String, _>(crate::key_groups::RecordIsKey);
+        let input: Vec<String> = (0..500).map(|i| format!("w{}", i % 37)).collect();
+        for targets in [1, 2, 3, 7] {
+            let hash = Partitioner::Hash { max_parallelism: 128 };
+            assert_eq!(routed(&by_record, input.clone(), hash, targets), routed(&by_clone, input.clone(), hash, targets), "{targets} targets");
         }
     }
 

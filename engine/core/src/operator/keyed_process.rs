@@ -9,7 +9,7 @@
 
 use super::{Data, Operator, OperatorContext, OperatorError, OperatorResult};
 use crate::element::{Timestamp, Watermark};
-use crate::key_groups::Key;
+use crate::key_groups::{Key, KeySelector};
 use crate::state::{FiredTimer, KeyedStateBackend, ValueState, ValueStateDescriptor};
 use std::marker::PhantomData;
 
@@ -65,6 +65,8 @@ pub trait KeyedProcessFunction: Send + 'static {
 pub struct KeyedProcessOperator<F: KeyedProcessFunction, S> {
     function: F,
     key_selector: S,
+    /// The current record's key, kept between records so a [`KeySelector`] can reuse its buffer.
+    key: Option<F::Key>,
     watermark: Timestamp,
     _types: PhantomData<fn() -> F>,
 }
@@ -72,7 +74,7 @@ pub struct KeyedProcessOperator<F: KeyedProcessFunction, S> {
 impl<F: KeyedProcessFunction, S> KeyedProcessOperator<F, S> {
     /// Wraps `function`; `key_selector` must be the selector of the `key_by` before this operator.
     pub fn new(function: F, key_selector: S) -> Self {
-        KeyedProcessOperator { function, key_selector, watermark: Watermark::MIN.0, _types: PhantomData }
+        KeyedProcessOperator { function, key_selector, key: None, watermark: Watermark::MIN.0, _types: PhantomData }
     }
 
     fn fire(&mut self, state: &mut KeyedStateBackend, now_ms: u64, timers: Vec<FiredTimer>, out: &mut Vec<F::Out>) -> OperatorResult {
@@ -89,7 +91,7 @@ impl<F: KeyedProcessFunction, S> KeyedProcessOperator<F, S> {
 impl<F, S> Operator for KeyedProcessOperator<F, S>
 where
     F: KeyedProcessFunction,
-    S: Fn(&F::In) -> F::Key + Send + 'static,
+    S: KeySelector<F::In, F::Key>,
 {
     type In = F::In;
     type Out = F::Out;
@@ -103,9 +105,10 @@ where
         let watermark = self.watermark;
         let state = ctx.keyed();
         for record in input {
-            let key = (self.key_selector)(&record);
-            state.set_current_key(&key);
-            let mut kctx = KeyedContext { key: &key, state: &mut *state, now_ms, watermark };
+            self.key_selector.key_into(&record, &mut self.key);
+            let key = self.key.as_ref().expect("key_into sets the key");
+            state.set_current_key(key);
+            let mut kctx = KeyedContext { key, state: &mut *state, now_ms, watermark };
             self.function.process_element(record, &mut kctx, out)?;
         }
         Ok(())
@@ -155,9 +158,12 @@ impl KeyedProcessFunction for RunningCount {
 
     fn process_element(&mut self, word: String, ctx: &mut KeyedContext<'_, String>, out: &mut Vec<(String, u64)>) -> OperatorResult {
         let count = self.count.ok_or_else(|| OperatorError::Protocol("process_element before open".into()))?;
-        let n = count.get_or_insert_with(ctx.state, || 0);
-        *n += 1;
-        out.push((word, *n));
+        // One table lookup per record (read-modify-write), none more on a hit.
+        let n = count.update_with(ctx.state, || 0, |n| {
+            *n += 1;
+            *n
+        });
+        out.push((word, n));
         Ok(())
     }
 }
@@ -208,6 +214,37 @@ mod tests {
         let want: Vec<(String, u64)> = [("a", 1), ("b", 1), ("a", 2), ("a", 3), ("b", 2), ("c", 1)].iter().map(|(w, n)| (w.to_string(), *n)).collect();
         assert_eq!(got, want);
         assert_eq!(h.batch(words(&["c"])), vec![("c".to_string(), 2)]);
+    }
+
+    /// Emits each record with the key its context saw.
+    #[derive(Clone, Default)]
+    struct KeyEcho;
+    impl KeyedProcessFunction for KeyEcho {
+        type Key = String;
+        type In = String;
+        type Out = (String, String);
+        fn open(&mut self, _state: &mut KeyedStateBackend) -> OperatorResult {
+            Ok(())
+        }
+        fn process_element(&mut self, record: String, ctx: &mut KeyedContext<'_, String>, out: &mut Vec<(String, String)>) -> OperatorResult {
+            assert_eq!(ctx.state.current_key::<String>().as_ref(), Some(ctx.key), "the backend's current key is the context's");
+            out.push((ctx.key.clone(), record));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_record_keyed_by_itself_is_processed_under_its_own_key() {
+        let mut h = Harness::keyed(KeyedProcessOperator::new(KeyEcho, crate::key_groups::RecordIsKey), 128, KeyGroupRange::all(128));
+        h.initialize(None);
+        // Longer, shorter and equal keys in a row: the reused key buffer never leaks a previous key.
+        let words: Vec<String> = ["straße", "a", "a", "", "a much longer word", "b"].iter().map(|w| w.to_string()).collect();
+        let want: Vec<(String, String)> = words.iter().map(|w| (w.clone(), w.clone())).collect();
+        assert_eq!(h.batch(words), want);
+        let mut counts = Harness::keyed(KeyedProcessOperator::new(RunningCount::default(), crate::key_groups::RecordIsKey), 128, KeyGroupRange::all(128));
+        counts.initialize(None);
+        let got = counts.batch(["a", "b", "a"].iter().map(|w| w.to_string()).collect());
+        assert_eq!(got, vec![("a".to_string(), 1), ("b".to_string(), 1), ("a".to_string(), 2)]);
     }
 
     /// Sums values per key and emits the sum when the event-time timer at the key's deadline fires.

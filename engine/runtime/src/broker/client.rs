@@ -22,6 +22,17 @@ fn unexpected(what: &str, got: BrokerResponse) -> BrokerError {
     BrokerError::Protocol(format!("expected {what}, got {got:?}"))
 }
 
+/// The broker's answer, or the transport failure as a broker error: `Timeout` or `Unavailable`
+/// (the request may or may not have taken effect).
+fn answer(result: Result<WireResponse, RpcError>) -> Result<BrokerResponse, BrokerError> {
+    match result {
+        Ok(answer) => answer,
+        Err(RpcError::Timeout { .. }) => Err(BrokerError::Timeout),
+        Err(e @ (RpcError::Io(_) | RpcError::Closed)) => Err(BrokerError::Unavailable(e.to_string())),
+        Err(e @ RpcError::Frame(_)) => Err(BrokerError::InvalidRequest(e.to_string())),
+    }
+}
+
 impl BrokerClient {
     /// A client of the broker at `addr` (connects lazily, reconnects after failures).
     pub fn new(addr: SocketAddr, config: RpcConfig) -> Self {
@@ -31,12 +42,12 @@ impl BrokerClient {
     /// Sends one request. Transport failures become `Timeout` or `Unavailable` (the request may
     /// or may not have taken effect).
     pub async fn call(&self, request: BrokerRequest) -> Result<BrokerResponse, BrokerError> {
-        match self.rpc.call(request).await {
-            Ok(answer) => answer,
-            Err(RpcError::Timeout { .. }) => Err(BrokerError::Timeout),
-            Err(e @ (RpcError::Io(_) | RpcError::Closed)) => Err(BrokerError::Unavailable(e.to_string())),
-            Err(e @ RpcError::Frame(_)) => Err(BrokerError::InvalidRequest(e.to_string())),
-        }
+        answer(self.rpc.call(request).await)
+    }
+
+    /// Sends one request without giving it up (a retry sends the same request again, uncopied).
+    pub async fn call_ref(&self, request: &BrokerRequest) -> Result<BrokerResponse, BrokerError> {
+        answer(self.rpc.call_ref(request).await)
     }
 
     /// Creates a topic (`Ok` if it exists with the same partition count).
@@ -77,7 +88,14 @@ impl BrokerClient {
             transactional_id: transactional_id.map(str::to_string),
             records,
         };
-        match self.call(request).await? {
+        self.produce_request(&request).await
+    }
+
+    /// Sends a `Produce` request built by the caller (kept for its retries); returns (first
+    /// offset, duplicate).
+    async fn produce_request(&self, request: &BrokerRequest) -> Result<(Offset, bool), BrokerError> {
+        debug_assert!(matches!(request, BrokerRequest::Produce { .. }), "produce_request sends a Produce");
+        match self.call_ref(request).await? {
             BrokerResponse::Produced { base_offset, duplicate } => Ok((base_offset, duplicate)),
             other => Err(unexpected("Produced", other)),
         }
@@ -270,9 +288,10 @@ impl Producer {
         let base_sequence = self.sequences.get(&key).copied().unwrap_or(0);
         let count = u32::try_from(records.len()).map_err(|_| BrokerError::InvalidRequest("too many records".into()))?;
         let stamp = Some(ProducerStamp { producer_id: self.producer_id, epoch: self.epoch, base_sequence });
-        let tid = self.transactional_id.as_deref();
+        // One request for every attempt: a retry re-sends it, with the same stamp, uncopied.
+        let request = BrokerRequest::Produce { topic: topic.into(), partition, producer: stamp, transactional_id: self.transactional_id.clone(), records };
         let client = &self.client;
-        let answer = with_retries(self.retry, || client.produce_with(topic, partition, stamp, tid, records.clone())).await;
+        let answer = with_retries(self.retry, || client.produce_request(&request)).await;
         if answer.as_ref().is_err_and(BrokerError::is_retriable) {
             self.poisoned = true;
         }

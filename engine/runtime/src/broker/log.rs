@@ -17,6 +17,7 @@ use super::protocol::{ProducerEpoch, ProducerId, ProducerStamp, Record, TxnEndRe
 use floe_core::codec::{self, ENVELOPE_HEADER_BYTES};
 use floe_core::ids::{Offset, PartitionId};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Magic of a partition-log entry.
 pub const PARTITION_MAGIC: [u8; 4] = *b"FBPL";
@@ -44,8 +45,10 @@ pub enum PartitionEntry {
         /// Set when the batch belongs to a transaction of `producer`: that transaction's number
         /// (per transactional id, counting every transaction it ever opened).
         transaction: Option<u64>,
-        /// The records.
-        records: Vec<Record>,
+        /// The records: shared between the partition's in-memory log and the entry staged for the
+        /// disk, so appending a batch never copies its records (encoded as a plain `Vec<Record>`).
+        #[serde(with = "shared_records")]
+        records: Arc<Vec<Record>>,
     },
     /// A transaction marker (Kafka's control record): ends `producer_id`'s open transaction in
     /// this partition. Takes one offset.
@@ -61,6 +64,21 @@ pub enum PartitionEntry {
         /// Commit or abort.
         outcome: TxnOutcome,
     },
+}
+
+/// Serde for [`PartitionEntry::Batch`]'s shared records: the same bytes as a `Vec<Record>`.
+mod shared_records {
+    use super::Record;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::sync::Arc;
+
+    pub fn serialize<S: Serializer>(records: &Arc<Vec<Record>>, serializer: S) -> Result<S::Ok, S::Error> {
+        records.as_slice().serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Arc<Vec<Record>>, D::Error> {
+        Vec::<Record>::deserialize(deserializer).map(Arc::new)
+    }
 }
 
 impl PartitionEntry {
@@ -216,7 +234,7 @@ mod tests {
             base_offset: Offset(base),
             producer: None,
             transaction: None,
-            records: (0..n).map(|i| Record::value(vec![i as u8; 3])).collect(),
+            records: Arc::new((0..n).map(|i| Record::value(vec![i as u8; 3])).collect()),
         }
     }
 

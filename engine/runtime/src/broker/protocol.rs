@@ -21,8 +21,10 @@ pub type ProducerEpoch = u32;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Record {
     /// The record's key (used by the caller for partitioning; opaque to the broker).
+    #[serde(with = "floe_core::codec::opt_byte_buf")]
     pub key: Option<Vec<u8>>,
     /// The record's value.
+    #[serde(with = "floe_core::codec::byte_buf")]
     pub value: Vec<u8>,
 }
 

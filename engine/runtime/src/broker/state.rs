@@ -46,6 +46,7 @@ use super::log::{MetaEntry, PartitionEntry};
 use super::protocol::*;
 use floe_core::ids::{Offset, PartitionId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 /// The broker's configuration: timeouts and every bound. Serde with defaults for missing fields.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -148,7 +149,8 @@ enum Fate {
 
 #[derive(Clone, Debug)]
 enum Stored {
-    Batch { base_offset: Offset, fate: Fate, records: Vec<Record> },
+    /// `records` is shared with the [`PartitionEntry`] that was staged for the disk.
+    Batch { base_offset: Offset, fate: Fate, records: Arc<Vec<Record>> },
     Marker { offset: Offset },
 }
 
@@ -383,7 +385,7 @@ impl BrokerState {
                         open.batch_indexes.push(index);
                     }
                 }
-                p.entries.push(Stored::Batch { base_offset: *base_offset, fate, records: records.clone() });
+                p.entries.push(Stored::Batch { base_offset: *base_offset, fate, records: Arc::clone(records) });
             }
             PartitionEntry::Marker { offset, producer_id, outcome, transaction, .. } => {
                 if let Some(open) = p.open.remove(producer_id) {
@@ -661,7 +663,7 @@ impl BrokerState {
         }
         let base_offset = self.partition(topic, partition)?.log_end;
         let transaction = transactional_id.as_ref().map(|tid| self.txns[tid].transaction);
-        let entry = PartitionEntry::Batch { base_offset, producer, transaction, records };
+        let entry = PartitionEntry::Batch { base_offset, producer, transaction, records: Arc::new(records) };
         self.emit_partition(staged, topic, partition, entry);
         Ok(BrokerResponse::Produced { base_offset, duplicate: false })
     }

@@ -169,15 +169,64 @@ impl JobRegistry {
 
 /// Splits a line into lower-cased words on non-alphanumeric characters (the word count's tokenizer).
 pub fn words(line: &str) -> impl Iterator<Item = String> + '_ {
-    line.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase)
+    line.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(lower_case)
+}
+
+/// `word.to_lowercase()`, with a fast path for ASCII (one allocation of the exact size, no
+/// per-character Unicode case mapping).
+fn lower_case(word: &str) -> String {
+    if word.is_ascii() {
+        word.to_ascii_lowercase()
+    } else {
+        word.to_lowercase()
+    }
 }
 
 fn decode_line(bytes: &[u8]) -> Result<String, String> {
     String::from_utf8(bytes.to_vec()).map_err(|e| format!("input line is not UTF-8: {e}"))
 }
 
-fn encode_word_count(record: &(String, u64)) -> Result<Vec<u8>, String> {
-    codec::to_bytes(record).map_err(|e| e.to_string())
+/// Encodes a `(word, count)` output record: the same bytes as `codec::to_bytes(record)` (a varint
+/// length, the word's bytes, a varint count), written into one allocation of the exact size
+/// (bincode's `encode_to_vec` grows its vector from empty: two or three allocations per record).
+fn encode_word_count((word, count): &(String, u64)) -> Result<Vec<u8>, String> {
+    let len = word.len() as u64;
+    let mut out = Vec::with_capacity(varint_bytes(len) + word.len() + varint_bytes(*count));
+    put_varint(&mut out, len);
+    out.extend_from_slice(word.as_bytes());
+    put_varint(&mut out, *count);
+    debug_assert_eq!(out.len(), out.capacity(), "sized exactly");
+    Ok(out)
+}
+
+/// Bytes of `v` in bincode's varint encoding (floe's codec configuration).
+fn varint_bytes(v: u64) -> usize {
+    match v {
+        0..=250 => 1,
+        251..=0xFFFF => 3,
+        0x1_0000..=0xFFFF_FFFF => 5,
+        _ => 9,
+    }
+}
+
+/// Appends `v` in bincode's varint encoding: below 251 one byte; else a marker byte (251, 252,
+/// 253) and the value as a little-endian u16, u32 or u64.
+fn put_varint(out: &mut Vec<u8>, v: u64) {
+    match v {
+        0..=250 => out.push(v as u8),
+        251..=0xFFFF => {
+            out.push(251);
+            out.extend_from_slice(&(v as u16).to_le_bytes());
+        }
+        0x1_0000..=0xFFFF_FFFF => {
+            out.push(252);
+            out.extend_from_slice(&(v as u32).to_le_bytes());
+        }
+        _ => {
+            out.push(253);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
 }
 
 /// Decodes one committed record of the `word-count` job.
@@ -223,7 +272,7 @@ fn running_counts(env: &StreamEnvironment, spec: &JobSpec) -> DataStream<(String
     let source = spec.source_spec();
     env.add_source("lines", move || SourceReader::new(source.clone(), decode_line).expect("the source spec was validated"))
         .flat_map("split", |line: String, out: &mut Vec<String>| out.extend(words(&line)))
-        .key_by("by-word", |w: &String| w.clone())
+        .key_by_record("by-word")
         .process("count", RunningCount::default())
 }
 
@@ -282,6 +331,29 @@ mod tests {
         let cases: &[(&str, &[&str])] = &[("", &[]), ("To be, or NOT to-be!", &["to", "be", "or", "not", "to", "be"]), ("  a1 b_2 ", &["a1", "b", "2"])];
         for (line, want) in cases {
             assert_eq!(words(line).collect::<Vec<_>>(), *want, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn the_tokenizer_lower_cases_non_ascii_words_like_to_lowercase() {
+        let cases: &[(&str, &[&str])] = &[("ÄBC straße ΣΑΣ", &["äbc", "straße", "σας"]), ("MiXeD ascii Ünï", &["mixed", "ascii", "ünï"])];
+        for (line, want) in cases {
+            assert_eq!(words(line).collect::<Vec<_>>(), *want, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn word_count_records_encode_to_the_codec_bytes_and_decode_back() {
+        let long = "x".repeat(70_000);
+        let words = ["", "a", "word", long.as_str()];
+        let counts = [0u64, 1, 250, 251, 0xFFFF, 0x1_0000, 0xFFFF_FFFF, 0x1_0000_0000, u64::MAX];
+        for word in words {
+            for count in counts {
+                let record = (word.to_string(), count);
+                let bytes = encode_word_count(&record).unwrap();
+                assert_eq!(bytes, codec::to_bytes(&record).unwrap(), "({}, {count})", word.len());
+                assert_eq!(decode_word_count(&bytes).unwrap(), record);
+            }
         }
     }
 

@@ -252,10 +252,34 @@ where
 
     /// Sends `req` and waits for its response, at most `call_timeout_ms`.
     pub async fn call(&self, req: Req) -> Result<Resp, RpcError> {
+        let request = self.encode(&req);
+        drop(req);
+        self.call_encoded(request).await
+    }
+
+    /// Sends `req` (borrowed: a caller that retries keeps one request and sends it again, with
+    /// no copy) and waits for its response, at most `call_timeout_ms`.
+    pub async fn call_ref(&self, req: &Req) -> Result<Resp, RpcError>
+    where
+        Req: Sync,
+    {
+        let request = self.encode(req);
+        self.call_encoded(request).await
+    }
+
+    /// A fresh call id and the frame carrying `(id, req)`.
+    fn encode(&self, req: &Req) -> Result<(u64, Vec<u8>), RpcError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut out = Vec::new();
+        encode_frame(&(id, req), &mut out)?;
+        Ok((id, out))
+    }
+
+    async fn call_encoded(&self, request: Result<(u64, Vec<u8>), RpcError>) -> Result<Resp, RpcError> {
         let timeout_ms = self.inner.config.call_timeout_ms;
         let mut used_conn: Option<Arc<Conn<Resp>>> = None;
         let result =
-            tokio::time::timeout(Duration::from_millis(timeout_ms), self.call_inner(req, &mut used_conn)).await;
+            tokio::time::timeout(Duration::from_millis(timeout_ms), self.call_inner(request, &mut used_conn)).await;
         match result {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(e),
@@ -270,11 +294,9 @@ where
         }
     }
 
-    async fn call_inner(&self, req: Req, used_conn: &mut Option<Arc<Conn<Resp>>>) -> Result<Resp, RpcError> {
+    async fn call_inner(&self, request: Result<(u64, Vec<u8>), RpcError>, used_conn: &mut Option<Arc<Conn<Resp>>>) -> Result<Resp, RpcError> {
         let _slot = self.inner.slots.acquire().await.map_err(|_| RpcError::Closed)?;
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut out = Vec::new();
-        encode_frame(&(id, &req), &mut out)?;
+        let (id, out) = request?;
         let conn = self.connection().await?;
         *used_conn = Some(conn.clone());
         let (tx, rx) = oneshot::channel();
@@ -474,6 +496,28 @@ mod tests {
                     assert!(seen > 1 || in_flight_max == 1, "calls were not pipelined: {seen}");
                 }
             }
+        });
+    }
+
+    #[test]
+    fn a_borrowed_request_can_be_sent_again_and_is_answered_each_time() {
+        let rt = sim_runtime(6);
+        rt.block_on(async {
+            let _server = doubling_server(Arc::new(AtomicUsize::new(0)));
+            let got = node("client", CLIENT_IP)
+                .spawn(async move {
+                    let client = RpcClient::<u64, u64>::new(server_addr(), config(5_000, 4));
+                    let request = 21u64;
+                    let mut answers = Vec::new();
+                    for _ in 0..3 {
+                        answers.push(client.call_ref(&request).await.unwrap());
+                    }
+                    answers.push(client.call(request).await.unwrap());
+                    answers
+                })
+                .await
+                .unwrap();
+            assert_eq!(got, vec![42; 4]);
         });
     }
 

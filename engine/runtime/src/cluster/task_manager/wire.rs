@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChannelElement {
     /// An encoded batch of records of the channel's edge type.
-    Records(Vec<u8>),
+    Records(#[serde(with = "floe_core::codec::byte_buf")] Vec<u8>),
     /// Event-time progress.
     Watermark(Watermark),
     /// A checkpoint barrier.
