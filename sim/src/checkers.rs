@@ -8,6 +8,7 @@
 //! | `no_zombie_effects` | no `ack_accepted` of an attempt older than the newest deployed one, and no `sink_committed` of such an attempt for a checkpoint that had not completed (Flink's `ExecutionAttemptID` fencing; a zombie re-committing a completed checkpoint's transaction is idempotent and only counted) |
 //! | `checkpoint_monotone` | completed checkpoint ids only go up, and every `deployed{restored_from}` names the latest completed checkpoint at that time (`CheckpointCoordinator.restoreLatestCheckpointedState`) |
 //! | `liveness` | the job finished within a bound after the last fault healed |
+//! | `no_hanging_transactions` | no transaction is left open on the broker after the run (`open_transaction_at_end`): a finished job commits or aborts all it began, and one left open — a zombie's, or a late request's (Kafka's KIP-890 "hanging transactions") — holds back the last stable offset, so read-committed consumers see nothing written after it until the broker's transaction timeout |
 //!
 //! A checker returns violations as text: the first line of a failing `exactly_once` is a summary
 //! (lost / duplicated / unexpected / out of order), then the first items with the input lines
@@ -25,8 +26,15 @@ use std::fmt;
 pub const VIOLATIONS_PER_CHECK_MAX: usize = 10;
 
 /// Every check, in report order.
-pub const CHECKS: [&str; 6] =
-    ["exactly_once", "consistent_cut", "commit_after_complete", "no_zombie_effects", "checkpoint_monotone", "liveness"];
+pub const CHECKS: [&str; 7] = [
+    "exactly_once",
+    "consistent_cut",
+    "commit_after_complete",
+    "no_zombie_effects",
+    "checkpoint_monotone",
+    "liveness",
+    "no_hanging_transactions",
+];
 
 /// Knobs of the checkers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +75,7 @@ pub fn check_all(record: &RunRecord, job: JobKind, config: &CheckConfig) -> Vec<
         outcome("no_zombie_effects", no_zombie_effects(record)),
         outcome("checkpoint_monotone", checkpoint_monotone(record)),
         outcome("liveness", liveness(record, config)),
+        outcome("no_hanging_transactions", no_hanging_transactions(record)),
     ]
 }
 
@@ -435,6 +444,20 @@ pub fn checkpoint_monotone(record: &RunRecord) -> Violations {
     v
 }
 
+/// `no_hanging_transactions`: nothing left open on the broker after the run.
+pub fn no_hanging_transactions(record: &RunRecord) -> Violations {
+    let mut v = Violations::default();
+    for e in record.events.iter().filter(|e| e.name == names::OPEN_TRANSACTION_AT_END) {
+        let field = |k: &str| e.fields.get(k).map_or("?", String::as_str);
+        v.push(format!(
+            "transaction {} left {} after the run: it holds back read-committed consumers of its partitions until the broker's transaction timeout",
+            field("txn"),
+            field("state")
+        ));
+    }
+    v
+}
+
 /// `liveness`: the job finished within the bound after healing.
 pub fn liveness(record: &RunRecord, config: &CheckConfig) -> Violations {
     let mut v = Violations::default();
@@ -573,6 +596,7 @@ pub(crate) mod tests {
             ("wrong restore", |r| { r.events[6].fields.insert("restored_from".into(), "none".into()); }, "checkpoint_monotone", &["attempt 2 deployed at 0.150s on jm restored from no checkpoint, the latest completed is checkpoint 1"]),
             ("not finished", |r| { r.finished = false; r.finished_at_ms = None; }, "liveness", &["the job did not finish: healed at 0.120s, the run ended at 0.300s (bound 1.000s after healing)"]),
             ("finished too late", |r| r.finished_at_ms = Some(5_000), "liveness", &["the job finished 4.880s after healing (at 5.000s), over the bound of 1.000s"]),
+            ("hanging transaction", |r| r.events.push(ev(400, "main", "open_transaction_at_end", &[("txn", "wc-sink-0-3"), ("state", "Ongoing")])), "no_hanging_transactions", &["transaction wc-sink-0-3 left Ongoing after the run: it holds back read-committed consumers of its partitions until the broker's transaction timeout"]),
         ];
         for (what, break_it, check, want) in cases {
             let mut r = good_word_count();

@@ -1593,7 +1593,7 @@ fail = ["exactly_once"]
             ("job = \"word-count\"\n[cluster]\ntask_managers = 1\nslots_per_tm = 2\nparallelism = 3\n", "bad.toml:5: field `cluster.parallelism`: 3 needs more slots than 1 task managers × 2 slots"),
             ("job = \"word-count\"\n[network]\npacket_loss = 1.5\n", "bad.toml:3: field `network.packet_loss`: must be in [0.0, 1.0)"),
             ("job = \"word-count\"\n[network]\nlatency_ms = [10, 1]\n", "bad.toml:3: field `network.latency_ms`: expected [low, high] with 0 <= low <= high"),
-            ("job = \"word-count\"\n[expect]\nfail = [\"exactly-once\"]\n", "bad.toml:3: field `expect.fail`: unknown check 'exactly-once'; valid checks: exactly_once, consistent_cut, commit_after_complete, no_zombie_effects, checkpoint_monotone, liveness"),
+            ("job = \"word-count\"\n[expect]\nfail = [\"exactly-once\"]\n", "bad.toml:3: field `expect.fail`: unknown check 'exactly-once'; valid checks: exactly_once, consistent_cut, commit_after_complete, no_zombie_effects, checkpoint_monotone, liveness, no_hanging_transactions"),
             ("job = \"word-count\"\nseeds = \"5..2\"\n", "bad.toml:2: field `seeds`: '5..2' is an empty seed range"),
             ("job = \"word-count\"\n[workload]\nlines = -3\n", "bad.toml:3: field `workload.lines`: expected a non-negative integer, found -3"),
             ("job = \"word-count\"\n[faults]\nrate_per_sec = 2.0\n", "bad.toml:3: field `faults.rate_per_sec`: random faults are off: set `random = true`"),

@@ -36,6 +36,8 @@ use tracing_subscriber::registry::LookupSpan;
 pub mod names {
     /// JM: a checkpoint was triggered. Fields: `checkpoint`, `attempt`.
     pub const CHECKPOINT_TRIGGERED: &str = "checkpoint_triggered";
+    /// The harness found a transaction still open on the broker after the run.
+    pub const OPEN_TRANSACTION_AT_END: &str = "open_transaction_at_end";
     /// A subtask began aligning barrier `checkpoint` (the TM's `alignment_started`; scenario
     /// triggers call it `checkpoint_aligning`). Fields: `checkpoint`, `subtask`, `attempt`.
     pub const CHECKPOINT_ALIGNING: &str = "alignment_started";

@@ -673,6 +673,7 @@ mod sim {
         let finished = status.as_ref().is_some_and(|s| s.state == JobState::Finished);
         let finished_at_ms = if finished { watcher.finished_at_ms().or(Some(now_ms())) } else { None };
         let output = stage.cluster.read_committed(OUTPUT_TOPIC).await;
+        report_open_transactions(&stage.cluster).await;
         let checkpoints = read_checkpoints(&stage.cluster, world).await;
         let sim_ms = now_ms();
 
@@ -700,6 +701,31 @@ mod sim {
             sim_ms,
             restarts: 0,
             checkpoints_completed: 0,
+        }
+    }
+
+    /// Emits `open_transaction_at_end` for every transaction still open on the broker once the
+    /// run is over. A finished job commits or aborts everything it began, so one left open is a
+    /// hanging transaction (a zombie's, Kafka's KIP-890 case): it holds back the last stable
+    /// offset, and read-committed consumers see nothing written after it until the broker's
+    /// transaction timeout aborts it. `exactly_once` catches it only when committed output lies
+    /// behind it; `no_hanging_transactions` every time.
+    async fn report_open_transactions(cluster: &SimCluster) {
+        const ATTEMPTS_MAX: u32 = 100;
+        let client = cluster.broker_client();
+        let listing = cluster
+            .on_client(async move {
+                for _ in 0..ATTEMPTS_MAX {
+                    match client.list_transactions("").await {
+                        Ok(list) => return list,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+                Vec::new()
+            })
+            .await;
+        for row in listing.into_iter().filter(|r| r.state.is_open()) {
+            tracing::info!(event = names::OPEN_TRANSACTION_AT_END, txn = %row.transactional_id, state = ?row.state);
         }
     }
 

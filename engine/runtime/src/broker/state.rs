@@ -735,7 +735,12 @@ impl BrokerState {
             TxnState::CompleteAbort(TxnEndReason::TimedOut) => {
                 Err(BrokerError::TransactionTimedOut { transactional_id: tid.to_string() })
             }
-            TxnState::Empty | TxnState::Ongoing | TxnState::CompleteCommit | TxnState::CompleteAbort(_) => {
+            // The producer's transaction already ended: this is a late duplicate of the prepare
+            // that came before its commit or abort (a retried request whose first attempt was held
+            // in the network). Re-preparing would open an empty transaction nobody ends.
+            TxnState::CompleteCommit => Ok(BrokerResponse::TransactionEnded { state: TxnState::CompleteCommit }),
+            TxnState::CompleteAbort(_) => Err(BrokerError::TransactionAborted { transactional_id: tid.to_string() }),
+            TxnState::Empty | TxnState::Ongoing => {
                 if !meta.state.is_open() && self.open_transactions() >= self.config.open_transactions_max {
                     return Err(limit("open_transactions_max", format!("{} open", self.open_transactions())));
                 }
@@ -966,6 +971,24 @@ mod tests {
         assert_eq!(init_with(&mut b, "sink-0-5", 1, 7), Ok((pid, e0)));
         ok(&mut b, end("sink-0-5", (pid, e0), TxnOutcome::Commit));
         assert_eq!(values(&b, 0, IsolationLevel::ReadCommitted), ["a"]);
+    }
+
+    #[test]
+    fn a_late_duplicate_prepare_after_the_end_opens_nothing() {
+        let mut b = broker();
+        let prepare = |pid, epoch| BrokerRequest::Prepare { transactional_id: "sink-0-3".into(), producer_id: pid, epoch };
+        let (pid, e0) = init(&mut b, "sink-0-3");
+        ok(&mut b, produce(0, stamp(pid, e0, 0), Some("sink-0-3"), &["a"]));
+        ok(&mut b, prepare(pid, e0));
+        ok(&mut b, end("sink-0-3", (pid, e0), TxnOutcome::Commit));
+        // The first attempt of the prepare, held in the network, arrives after the commit.
+        assert_eq!(ok(&mut b, prepare(pid, e0)), BrokerResponse::TransactionEnded { state: TxnState::CompleteCommit });
+        assert_eq!(b.open_transactions(), 0, "nothing was reopened");
+        let (pid, e1) = init(&mut b, "sink-0-3");
+        ok(&mut b, produce(0, stamp(pid, e1, 0), Some("sink-0-3"), &["b"]));
+        ok(&mut b, end("sink-0-3", (pid, e1), TxnOutcome::Abort));
+        assert!(matches!(run(&mut b, prepare(pid, e1), 0), Err(BrokerError::TransactionAborted { .. })));
+        assert_eq!(b.open_transactions(), 0);
     }
 
     #[test]

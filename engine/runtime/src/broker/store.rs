@@ -526,6 +526,11 @@ mod tests {
                     let mt = &mut m.txns[t];
                     if mt.state == Some(TxnState::CompleteAbort(TxnEndReason::TimedOut)) {
                         prop_assert!(matches!(got, Err(BrokerError::TransactionTimedOut { .. })), "{:?}", got);
+                    } else if matches!(mt.state, Some(TxnState::CompleteAbort(_))) {
+                        // A prepare after the transaction ended is a late duplicate: refused, nothing opens.
+                        prop_assert!(matches!(got, Err(BrokerError::TransactionAborted { .. })), "{:?}", got);
+                    } else if mt.state == Some(TxnState::CompleteCommit) {
+                        prop_assert_eq!(got, Ok(BrokerResponse::TransactionEnded { state: TxnState::CompleteCommit }));
                     } else {
                         prop_assert_eq!(got, Ok(BrokerResponse::TransactionEnded { state: TxnState::Prepared }));
                         if !mt.state.unwrap().is_open() {
