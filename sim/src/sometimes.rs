@@ -67,10 +67,9 @@ pub fn count(record: &RunRecord) -> Sometimes {
     let mut final_triggered: BTreeSet<Option<u64>> = BTreeSet::new();
     for e in &record.events {
         match e.name.as_str() {
-            names::CHECKPOINT_TRIGGERED if field_has(e, "is_final", "true") => {
-                if !final_triggered.insert(e.id_field("attempt")) {
-                    bump("final_checkpoint_retried");
-                }
+            // A second final checkpoint of the same attempt: the first expired or was declined.
+            names::CHECKPOINT_TRIGGERED if field_has(e, "is_final", "true") && !final_triggered.insert(e.id_field("attempt")) => {
+                bump("final_checkpoint_retried")
             }
             // A sink of an older attempt re-committing a completed checkpoint's transaction
             // (idempotent; see `checkers::no_zombie_effects`).
