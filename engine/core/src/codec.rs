@@ -83,6 +83,33 @@ pub fn seal_value<T: Serialize + ?Sized>(magic: [u8; 4], version: u16, value: &T
     Ok(seal(magic, version, &to_bytes(value)?))
 }
 
+/// Appends the envelope of `value` to `out`: the same bytes as [`seal_value`], encoded straight
+/// into `out` (no body buffer to grow and copy). On error `out` is left as it was.
+pub fn seal_value_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, magic: [u8; 4], version: u16, value: &T) -> Result<(), CodecError> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; ENVELOPE_HEADER_BYTES]);
+    let encoded = bincode::serde::encode_into_std_write(value, out, config()).map_err(|e| CodecError::Encode(e.to_string()));
+    let body_len = out.len() - start - ENVELOPE_HEADER_BYTES;
+    let len = match (encoded, u32::try_from(body_len)) {
+        (Ok(_), Ok(len)) => len,
+        (Err(e), _) => {
+            out.truncate(start);
+            return Err(e);
+        }
+        (Ok(_), Err(_)) => {
+            out.truncate(start);
+            return Err(CodecError::Encode(format!("an envelope body of {body_len} bytes is not below 4 GiB")));
+        }
+    };
+    let crc = crc32fast::hash(&out[start + ENVELOPE_HEADER_BYTES..]);
+    let header = &mut out[start..start + ENVELOPE_HEADER_BYTES];
+    header[0..4].copy_from_slice(&magic);
+    header[4..6].copy_from_slice(&version.to_le_bytes());
+    header[6..10].copy_from_slice(&len.to_le_bytes());
+    header[10..14].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
 /// Opens an envelope and decodes its body.
 pub fn open_value<T: DeserializeOwned>(magic: [u8; 4], version: u16, bytes: &[u8]) -> Result<T, CodecError> {
     from_bytes(open(magic, version, bytes)?)
@@ -243,6 +270,20 @@ pub enum CodecError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_sealed_into_a_buffer_appends_the_same_bytes_as_seal_value() {
+        let long = "x".repeat(70_000);
+        let values: [&str; 3] = ["", "word", long.as_str()];
+        for value in values {
+            let mut out = b"prefix".to_vec();
+            seal_value_into(&mut out, *b"TEST", 3, &(value, 7u64)).unwrap();
+            let mut want = b"prefix".to_vec();
+            want.extend(seal_value(*b"TEST", 3, &(value, 7u64)).unwrap());
+            assert_eq!(out, want, "{} bytes", value.len());
+            assert_eq!(open_value::<(String, u64)>(*b"TEST", 3, &out[6..]).unwrap(), (value.to_string(), 7));
+        }
+    }
 
     #[test]
     fn byte_strings_encode_to_the_same_bytes_as_the_derived_vec_form() {

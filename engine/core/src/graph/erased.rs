@@ -338,8 +338,8 @@ mod tests {
         use crate::operator::source::SourceSpec;
         use crate::operator::OperatorCommand;
         use crate::state::OperatorStateStore;
-        fn decode(bytes: &[u8]) -> Result<String, String> {
-            String::from_utf8(bytes.to_vec()).map_err(|e| e.to_string())
+        fn decode(bytes: Vec<u8>) -> Result<String, String> {
+            String::from_utf8(bytes).map_err(|e| e.to_string())
         }
         let mut map: Box<dyn DynOperator> = Box::new(Erased(MapOperator::new(|s: String| s.len())));
         assert!(map.as_source().is_none());
