@@ -114,7 +114,8 @@ impl<O: Operator> DynOperator for Erased<O> {
 
     fn process_batch(&mut self, ctx: &mut OperatorContext<'_>, input: AnyBatch) -> Result<AnyBatch, OperatorError> {
         let input = downcast::<O::In>(input)?;
-        let mut out = Vec::new();
+        // At least one output per input is the common case (map, keyed process, flat_map).
+        let mut out = Vec::with_capacity(input.len());
         self.0.process_batch(ctx, input, &mut out)?;
         Ok(Box::new(out))
     }
@@ -191,6 +192,10 @@ fn encode_batch<T: Data>(batch: &AnyBatch) -> Result<Vec<u8>, CodecError> {
 }
 
 fn decode_batch<T: Data>(bytes: &[u8]) -> Result<AnyBatch, CodecError> {
+    // Batches of strings (the word count's words) take the fast path: same bytes, same batch.
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<String>() {
+        return Ok(Box::new(codec::strings_from_bytes(bytes)?));
+    }
     Ok(Box::new(codec::from_bytes::<Vec<T>>(bytes)?))
 }
 
@@ -244,7 +249,9 @@ impl EdgeFns {
             let Partitioner::Hash { max_parallelism } = *partitioner else {
                 return route_unkeyed::<T>(batch, partitioner, targets, state, out);
             };
-            let mut parts: Vec<Vec<T>> = (0..targets).map(|_| Vec::new()).collect();
+            // Sized for an even spread (an uneven one grows its part as usual).
+            let part_capacity = batch.len().div_ceil(targets.max(1) as usize);
+            let mut parts: Vec<Vec<T>> = (0..targets).map(|_| Vec::with_capacity(part_capacity)).collect();
             let mut scratch = None;
             for record in batch {
                 let kg = key_group_for_key(selector.key_of(&record, &mut scratch), max_parallelism);
