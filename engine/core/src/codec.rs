@@ -83,6 +83,83 @@ pub fn seal_value<T: Serialize + ?Sized>(magic: [u8; 4], version: u16, value: &T
     Ok(seal(magic, version, &to_bytes(value)?))
 }
 
+/// Appends the envelope of `value` to `out`: the same bytes as [`seal_value`], encoded straight
+/// into `out` (no body buffer to grow and copy). On error `out` is left as it was.
+pub fn seal_value_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, magic: [u8; 4], version: u16, value: &T) -> Result<(), CodecError> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; ENVELOPE_HEADER_BYTES]);
+    let encoded = bincode::serde::encode_into_std_write(value, out, config()).map_err(|e| CodecError::Encode(e.to_string()));
+    let body_len = out.len() - start - ENVELOPE_HEADER_BYTES;
+    let len = match (encoded, u32::try_from(body_len)) {
+        (Ok(_), Ok(len)) => len,
+        (Err(e), _) => {
+            out.truncate(start);
+            return Err(e);
+        }
+        (Ok(_), Err(_)) => {
+            out.truncate(start);
+            return Err(CodecError::Encode(format!("an envelope body of {body_len} bytes is not below 4 GiB")));
+        }
+    };
+    let crc = crc32fast::hash(&out[start + ENVELOPE_HEADER_BYTES..]);
+    let header = &mut out[start..start + ENVELOPE_HEADER_BYTES];
+    header[0..4].copy_from_slice(&magic);
+    header[4..6].copy_from_slice(&version.to_le_bytes());
+    header[6..10].copy_from_slice(&len.to_le_bytes());
+    header[10..14].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// Decodes a `Vec<String>` encoded by [`to_bytes`] (a varint count, then each string as a varint
+/// length and its bytes) — the same result as `from_bytes::<Vec<String>>`, but each string is
+/// checked in place and copied into a plain allocation: bincode's owned path allocates zeroed
+/// memory (`calloc`, which bypasses glibc's thread cache) for every string and copies it there.
+/// Never panics, whatever the bytes; the count reserves at most one slot per remaining byte.
+pub fn strings_from_bytes(bytes: &[u8]) -> Result<Vec<String>, CodecError> {
+    let mut pos = 0usize;
+    let count = read_varint(bytes, &mut pos)?;
+    let remaining = bytes.len() - pos;
+    let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(usize::MAX).min(remaining));
+    for _ in 0..count {
+        let len = read_varint(bytes, &mut pos)?;
+        let end = usize::try_from(len).ok().and_then(|len| pos.checked_add(len)).filter(|end| *end <= bytes.len());
+        let Some(end) = end else {
+            return Err(CodecError::Decode(format!("a string of {len} bytes at byte {pos} of {}", bytes.len())));
+        };
+        let s = std::str::from_utf8(&bytes[pos..end]).map_err(|e| CodecError::Decode(format!("a string at byte {pos} is not UTF-8: {e}")))?;
+        out.push(s.to_owned());
+        pos = end;
+    }
+    if pos != bytes.len() {
+        return Err(CodecError::TrailingBytes { used: pos, len: bytes.len() });
+    }
+    Ok(out)
+}
+
+/// Reads one unsigned varint in bincode's encoding (below 251: the byte; 251, 252, 253: a
+/// little-endian u16, u32, u64 follows) at `pos`, advancing it.
+fn read_varint(bytes: &[u8], pos: &mut usize) -> Result<u64, CodecError> {
+    let take = |pos: &mut usize, n: usize| -> Result<u64, CodecError> {
+        let start = *pos + 1;
+        let field = bytes.get(start..start + n).ok_or(CodecError::Decode(format!("a varint at byte {} runs past the end", *pos)))?;
+        let mut le = [0u8; 8];
+        le[..n].copy_from_slice(field);
+        *pos = start + n;
+        Ok(u64::from_le_bytes(le))
+    };
+    match bytes.get(*pos) {
+        None => Err(CodecError::Decode(format!("a varint at byte {} runs past the end", *pos))),
+        Some(&b) if b < 251 => {
+            *pos += 1;
+            Ok(u64::from(b))
+        }
+        Some(251) => take(pos, 2),
+        Some(252) => take(pos, 4),
+        Some(253) => take(pos, 8),
+        Some(b) => Err(CodecError::Decode(format!("invalid varint marker {b} at byte {}", *pos))),
+    }
+}
+
 /// Opens an envelope and decodes its body.
 pub fn open_value<T: DeserializeOwned>(magic: [u8; 4], version: u16, bytes: &[u8]) -> Result<T, CodecError> {
     from_bytes(open(magic, version, bytes)?)
@@ -243,6 +320,70 @@ pub enum CodecError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strings_decode_like_the_generic_decoder_at_every_length_class() {
+        let cases: Vec<Vec<String>> = vec![
+            vec![],
+            vec![String::new()],
+            vec!["a".into(), "wörd".into(), "y".repeat(250), "y".repeat(251), "z".repeat(0xFFFF), "z".repeat(0x1_0000)],
+            (0..300).map(|i| format!("w{i}")).collect(),
+        ];
+        for strings in cases {
+            let bytes = to_bytes(&strings).unwrap();
+            assert_eq!(strings_from_bytes(&bytes).unwrap(), strings, "{} strings", strings.len());
+        }
+    }
+
+    #[test]
+    fn malformed_string_batches_are_errors_like_the_generic_decoder() {
+        let good = to_bytes(&vec!["ab".to_string(), "c".to_string()]).unwrap();
+        let mut trailing = good.clone();
+        trailing.push(0);
+        let not_utf8 = vec![1u8, 1, 0xFF];
+        let huge_count = vec![253u8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
+        let huge_len = vec![1u8, 253, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
+        let bad_marker = vec![255u8];
+        let cases: Vec<Vec<u8>> = vec![vec![], good[..good.len() - 1].to_vec(), trailing, not_utf8, huge_count, huge_len, bad_marker, vec![251, 1]];
+        for bytes in cases {
+            assert!(strings_from_bytes(&bytes).is_err(), "{bytes:?}");
+            assert!(from_bytes::<Vec<String>>(&bytes).is_err(), "{bytes:?}");
+        }
+        // Non-minimal varints (a wide form of a small number): both decoders agree.
+        let wide: Vec<Vec<u8>> = vec![vec![251, 1, 0, 1, b'a'], vec![1, 252, 1, 0, 0, 0, b'a'], vec![253, 1, 0, 0, 0, 0, 0, 0, 0, 0]];
+        for bytes in wide {
+            assert_eq!(strings_from_bytes(&bytes).ok(), from_bytes::<Vec<String>>(&bytes).ok(), "{bytes:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes, the fast decoder agrees with the generic one on what decodes.
+        #[test]
+        fn strings_decode_exactly_when_the_generic_decoder_does(strings in proptest::collection::vec("\\PC{0,8}", 0..20), cut in 0usize..64, flip in proptest::option::of((0usize..64, 0u8..=255))) {
+            let mut bytes = to_bytes(&strings).unwrap();
+            if let Some((at, b)) = flip {
+                if let Some(x) = bytes.get_mut(at) {
+                    *x = b;
+                }
+            }
+            bytes.truncate(bytes.len().saturating_sub(cut % 3));
+            proptest::prop_assert_eq!(strings_from_bytes(&bytes).ok(), from_bytes::<Vec<String>>(&bytes).ok());
+        }
+    }
+
+    #[test]
+    fn a_value_sealed_into_a_buffer_appends_the_same_bytes_as_seal_value() {
+        let long = "x".repeat(70_000);
+        let values: [&str; 3] = ["", "word", long.as_str()];
+        for value in values {
+            let mut out = b"prefix".to_vec();
+            seal_value_into(&mut out, *b"TEST", 3, &(value, 7u64)).unwrap();
+            let mut want = b"prefix".to_vec();
+            want.extend(seal_value(*b"TEST", 3, &(value, 7u64)).unwrap());
+            assert_eq!(out, want, "{} bytes", value.len());
+            assert_eq!(open_value::<(String, u64)>(*b"TEST", 3, &out[6..]).unwrap(), (value.to_string(), 7));
+        }
+    }
 
     #[test]
     fn byte_strings_encode_to_the_same_bytes_as_the_derived_vec_form() {

@@ -26,11 +26,39 @@ pub const UPPER_BOUND_MAX_PARALLELISM: u32 = 1 << 15;
 pub trait Key: Clone + Eq + Ord + Debug + Serialize + DeserializeOwned + Send + 'static {
     /// Java's `hashCode()` of the equivalent Java value.
     fn java_hash_code(&self) -> i32;
+
+    /// Appends the key's serialized bytes to `out`: exactly `codec::to_bytes(self)`. The keyed
+    /// state backend keys its tables by these bytes; a type may write them without serde.
+    fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), crate::codec::CodecError> {
+        bincode::serde::encode_into_std_write(self, out, crate::codec::config()).map(|_| ()).map_err(|e| crate::codec::CodecError::Encode(e.to_string()))
+    }
 }
 
 impl Key for String {
     fn java_hash_code(&self) -> i32 {
         java_string_hash(self)
+    }
+
+    /// A varint length, then the bytes (bincode's encoding of a string), without serde.
+    fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), crate::codec::CodecError> {
+        let len = self.len() as u64;
+        match len {
+            0..=250 => out.push(len as u8),
+            251..=0xFFFF => {
+                out.push(251);
+                out.extend_from_slice(&(len as u16).to_le_bytes());
+            }
+            0x1_0000..=0xFFFF_FFFF => {
+                out.push(252);
+                out.extend_from_slice(&(len as u32).to_le_bytes());
+            }
+            _ => {
+                out.push(253);
+                out.extend_from_slice(&len.to_le_bytes());
+            }
+        }
+        out.extend_from_slice(self.as_bytes());
+        Ok(())
     }
 }
 
@@ -80,6 +108,10 @@ impl<A: Key, B: Key> Key for (A, B) {
 
 /// Java's `String.hashCode`: `s[0]*31^(n-1) + ... + s[n-1]` over UTF-16 code units, wrapping.
 pub fn java_string_hash(s: &str) -> i32 {
+    if s.is_ascii() {
+        // Every ASCII byte is one UTF-16 unit of the same value.
+        return s.bytes().fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(unit as i32));
+    }
     s.encode_utf16().fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(unit as i32))
 }
 
@@ -325,7 +357,39 @@ mod tests {
         assert_eq!(got, vec![KeyGroupRange::new(0, 3), KeyGroupRange::new(4, 6), KeyGroupRange::new(7, 9)]);
     }
 
+    #[test]
+    fn a_string_key_encodes_to_the_codec_bytes_at_every_length_class() {
+        let long = "x".repeat(70_000);
+        let keys = ["", "a", "wörd", &"y".repeat(250), &"y".repeat(251), &"z".repeat(0xFFFF), long.as_str()];
+        for key in keys {
+            let key = key.to_string();
+            let mut out = b"ns".to_vec();
+            key.encode_into(&mut out).unwrap();
+            assert_eq!(out[2..], crate::codec::to_bytes(&key).unwrap()[..], "{} bytes", key.len());
+            assert_eq!(&out[..2], b"ns", "appends");
+        }
+    }
+
     proptest! {
+        /// The ASCII fast path of the Java string hash is Java's UTF-16 hash.
+        #[test]
+        fn the_java_string_hash_is_the_utf16_hash(s in "\\PC{0,24}|[ -~]{0,40}") {
+            let utf16 = s.encode_utf16().fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(unit as i32));
+            prop_assert_eq!(java_string_hash(&s), utf16);
+        }
+
+        /// Tuple keys (the default, serde encoding) and string keys append `codec::to_bytes`.
+        #[test]
+        fn every_key_encodes_to_its_codec_bytes(a in "\\PC{0,12}", b in any::<u64>()) {
+            let key = (a.clone(), b);
+            let mut out = Vec::new();
+            key.encode_into(&mut out).unwrap();
+            prop_assert_eq!(out, crate::codec::to_bytes(&key).unwrap());
+            let mut out = Vec::new();
+            a.encode_into(&mut out).unwrap();
+            prop_assert_eq!(out, crate::codec::to_bytes(&a).unwrap());
+        }
+
         /// For every parallelism, the ranges are contiguous, disjoint and cover [0, maxP);
         /// and a key group's operator index is the subtask whose range holds it.
         #[test]

@@ -114,7 +114,8 @@ impl<O: Operator> DynOperator for Erased<O> {
 
     fn process_batch(&mut self, ctx: &mut OperatorContext<'_>, input: AnyBatch) -> Result<AnyBatch, OperatorError> {
         let input = downcast::<O::In>(input)?;
-        let mut out = Vec::new();
+        // At least one output per input is the common case (map, keyed process, flat_map).
+        let mut out = Vec::with_capacity(input.len());
         self.0.process_batch(ctx, input, &mut out)?;
         Ok(Box::new(out))
     }
@@ -173,7 +174,7 @@ pub struct RouteState {
 pub struct EdgeFns {
     /// The record type's name, for error messages.
     pub type_name: &'static str,
-    encode: fn(&AnyBatch) -> Result<Vec<u8>, CodecError>,
+    encode_into: fn(&AnyBatch, &mut Vec<u8>) -> Result<(), CodecError>,
     decode: fn(&[u8]) -> Result<AnyBatch, CodecError>,
     len: fn(&AnyBatch) -> usize,
     route: RouteFn,
@@ -185,12 +186,21 @@ impl std::fmt::Debug for EdgeFns {
     }
 }
 
-fn encode_batch<T: Data>(batch: &AnyBatch) -> Result<Vec<u8>, CodecError> {
+fn encode_batch_into<T: Data>(batch: &AnyBatch, out: &mut Vec<u8>) -> Result<(), CodecError> {
     let records = batch.downcast_ref::<Vec<T>>().ok_or_else(|| CodecError::Encode(format!("not a batch of {}", std::any::type_name::<T>())))?;
-    codec::to_bytes(records)
+    let start = out.len();
+    // Same bytes as `codec::to_bytes(records)`, appended to `out`.
+    bincode::serde::encode_into_std_write(records, out, codec::config()).map(|_| ()).map_err(|e| {
+        out.truncate(start);
+        CodecError::Encode(e.to_string())
+    })
 }
 
 fn decode_batch<T: Data>(bytes: &[u8]) -> Result<AnyBatch, CodecError> {
+    // Batches of strings (the word count's words) take the fast path: same bytes, same batch.
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<String>() {
+        return Ok(Box::new(codec::strings_from_bytes(bytes)?));
+    }
     Ok(Box::new(codec::from_bytes::<Vec<T>>(bytes)?))
 }
 
@@ -225,7 +235,7 @@ impl EdgeFns {
     pub fn unkeyed<T: Data>() -> Self {
         EdgeFns {
             type_name: std::any::type_name::<T>(),
-            encode: encode_batch::<T>,
+            encode_into: encode_batch_into::<T>,
             decode: decode_batch::<T>,
             len: batch_len::<T>,
             route: Arc::new(|batch, partitioner, targets, state, out| route_unkeyed::<T>(downcast::<T>(batch)?, partitioner, targets, state, out)),
@@ -244,7 +254,9 @@ impl EdgeFns {
             let Partitioner::Hash { max_parallelism } = *partitioner else {
                 return route_unkeyed::<T>(batch, partitioner, targets, state, out);
             };
-            let mut parts: Vec<Vec<T>> = (0..targets).map(|_| Vec::new()).collect();
+            // Sized for an even spread (an uneven one grows its part as usual).
+            let part_capacity = batch.len().div_ceil(targets.max(1) as usize);
+            let mut parts: Vec<Vec<T>> = (0..targets).map(|_| Vec::with_capacity(part_capacity)).collect();
             let mut scratch = None;
             for record in batch {
                 let kg = key_group_for_key(selector.key_of(&record, &mut scratch), max_parallelism);
@@ -259,7 +271,15 @@ impl EdgeFns {
 
     /// Encodes a batch for a channel.
     pub fn encode(&self, batch: &AnyBatch) -> Result<Vec<u8>, CodecError> {
-        (self.encode)(batch)
+        let mut out = Vec::new();
+        (self.encode_into)(batch, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends a batch's encoding (the bytes of [`encode`](Self::encode)) to `out`, so a caller can
+    /// reuse one buffer for every batch. On error `out` is left as it was.
+    pub fn encode_into(&self, batch: &AnyBatch, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        (self.encode_into)(batch, out)
     }
 
     /// Decodes a batch received on a channel. Bytes from the network never panic this.
@@ -291,6 +311,22 @@ mod tests {
 
     fn words(ws: &[&str]) -> Vec<String> {
         ws.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn a_batch_encoded_into_a_buffer_appends_the_bytes_of_encode_and_decodes_back() {
+        let fns = EdgeFns::unkeyed::<String>();
+        let batch: AnyBatch = Box::new(vec!["to".to_string(), "be".to_string(), String::new()]);
+        let mut out = b"old".to_vec();
+        fns.encode_into(&batch, &mut out).unwrap();
+        assert_eq!(out[3..], fns.encode(&batch).unwrap()[..]);
+        let back = fns.decode(&out[3..]).unwrap().downcast::<Vec<String>>().unwrap();
+        assert_eq!(*back, ["to", "be", ""]);
+        // A batch of another type is an error and leaves the buffer as it was.
+        let wrong: AnyBatch = Box::new(vec![1u64]);
+        assert!(fns.encode_into(&wrong, &mut out).is_err());
+        assert_eq!(out[..3], *b"old");
+        assert_eq!(out.len(), 3 + fns.encode(&batch).unwrap().len());
     }
 
     #[test]
@@ -338,8 +374,8 @@ mod tests {
         use crate::operator::source::SourceSpec;
         use crate::operator::OperatorCommand;
         use crate::state::OperatorStateStore;
-        fn decode(bytes: &[u8]) -> Result<String, String> {
-            String::from_utf8(bytes.to_vec()).map_err(|e| e.to_string())
+        fn decode(bytes: Vec<u8>) -> Result<String, String> {
+            String::from_utf8(bytes).map_err(|e| e.to_string())
         }
         let mut map: Box<dyn DynOperator> = Box::new(Erased(MapOperator::new(|s: String| s.len())));
         assert!(map.as_source().is_none());

@@ -414,14 +414,15 @@ impl<T: Data> Operator for TwoPhaseCommitSinkWriter<T> {
         if input.is_empty() {
             return Ok(());
         }
-        let encoded = input.iter().map(self.encoder).collect::<Result<Vec<_>, _>>().map_err(|e| OperatorError::Codec(format!("sink {}: {e}", self.prefix)))?;
-        self.records_written += encoded.len() as u64;
-        let mut encoded = encoded.into_iter();
-        loop {
-            let records: Vec<Vec<u8>> = encoded.by_ref().take(self.write_records_max).collect();
-            if records.is_empty() {
-                break;
-            }
+        // Encode straight into the commands' record lists (no list of the whole batch to split).
+        let chunk_records_max = self.write_records_max.max(1);
+        let mut chunks: Vec<Vec<Vec<u8>>> = Vec::with_capacity(input.len().div_ceil(chunk_records_max));
+        for chunk in input.chunks(chunk_records_max) {
+            let records = chunk.iter().map(self.encoder).collect::<Result<Vec<_>, _>>().map_err(|e| OperatorError::Codec(format!("sink {}: {e}", self.prefix)))?;
+            chunks.push(records);
+        }
+        self.records_written += input.len() as u64;
+        for records in chunks {
             let command = match self.mode {
                 SinkMode::Plain => SinkCommand::PlainWrite { records },
                 SinkMode::Transactional => {

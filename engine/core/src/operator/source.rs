@@ -200,8 +200,9 @@ pub enum SourceCommand {
     },
 }
 
-/// Turns the bytes the broker stores into a record.
-pub type RecordDecoder<T> = fn(&[u8]) -> Result<T, String>;
+/// Turns the bytes the broker stores into a record. It takes them by value: a decoder may keep
+/// the allocation (a line of text becomes its `String` without a copy).
+pub type RecordDecoder<T> = fn(Vec<u8>) -> Result<T, String>;
 
 /// Where the reader is in one assigned partition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -401,8 +402,8 @@ impl<T> SourceReader<T> {
         let stop = cursor.stop.unwrap_or(Offset(u64::MAX));
         let out_len_before = out.len();
         let mut next = cursor.next;
-        for (offset, bytes) in &records {
-            if *offset >= stop {
+        for (offset, bytes) in records {
+            if offset >= stop {
                 // Past the end of bounded input: everything before `stop` has been seen.
                 next = stop;
                 break;
@@ -522,8 +523,8 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
-    fn decode_u64(bytes: &[u8]) -> Result<u64, String> {
-        let bytes: [u8; 8] = bytes.try_into().map_err(|_| format!("{} bytes, want 8", bytes.len()))?;
+    fn decode_u64(bytes: Vec<u8>) -> Result<u64, String> {
+        let bytes: [u8; 8] = bytes.as_slice().try_into().map_err(|_| format!("{} bytes, want 8", bytes.len()))?;
         Ok(u64::from_le_bytes(bytes))
     }
 

@@ -249,8 +249,7 @@ impl KeyedStateBackend {
         let buf = &mut self.cursor.buf;
         buf.clear();
         // Same bytes as `codec::to_bytes(key)`, into the reused buffer.
-        bincode::serde::encode_into_std_write(key, buf, codec::config())
-            .map_err(|e| StateError::Encode(CodecError::Encode(e.to_string())))?;
+        key.encode_into(buf).map_err(StateError::Encode)?;
         self.cursor.key_len = buf.len();
         buf.extend_from_slice(&self.namespace);
         self.cursor.kg_index = Some((key_group.0 - self.range.start) as usize);

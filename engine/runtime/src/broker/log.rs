@@ -157,6 +157,11 @@ pub fn frame<T: Serialize>(magic: [u8; 4], entry: &T) -> Vec<u8> {
     codec::seal_value(magic, LOG_FORMAT_VERSION, entry).expect("log entries always encode")
 }
 
+/// Appends the frame of one entry to `out` (the same bytes as [`frame`], no intermediate buffer).
+pub fn frame_into<T: Serialize>(out: &mut Vec<u8>, magic: [u8; 4], entry: &T) {
+    codec::seal_value_into(out, magic, LOG_FORMAT_VERSION, entry).expect("log entries always encode")
+}
+
 /// Why a scan stopped before the end of the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TornReason {

@@ -190,16 +190,16 @@ impl<D: Disk> Broker<D> {
 /// Appends and fsyncs staged entries: metadata first, then each partition log once.
 async fn persist<D: Disk>(disk: &D, staged: &Staged) -> io::Result<()> {
     if !staged.meta.is_empty() {
-        let bytes: Vec<u8> = staged.meta.iter().flat_map(|e| log::frame(META_MAGIC, e)).collect();
+        let mut bytes = Vec::new();
+        for entry in &staged.meta {
+            log::frame_into(&mut bytes, META_MAGIC, entry);
+        }
         disk.append(META_LOG_PATH, &bytes).await?;
         disk.fsync(META_LOG_PATH).await?;
     }
     let mut per_file: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for (topic, partition, entry) in &staged.partitions {
-        per_file
-            .entry(log::partition_log_path(topic, *partition))
-            .or_default()
-            .extend(log::frame(PARTITION_MAGIC, entry));
+        log::frame_into(per_file.entry(log::partition_log_path(topic, *partition)).or_default(), PARTITION_MAGIC, entry);
     }
     for (path, bytes) in &per_file {
         disk.append(path, bytes).await?;

@@ -182,8 +182,8 @@ fn lower_case(word: &str) -> String {
     }
 }
 
-fn decode_line(bytes: &[u8]) -> Result<String, String> {
-    String::from_utf8(bytes.to_vec()).map_err(|e| format!("input line is not UTF-8: {e}"))
+fn decode_line(bytes: Vec<u8>) -> Result<String, String> {
+    String::from_utf8(bytes).map_err(|e| format!("input line is not UTF-8: {e}"))
 }
 
 /// Encodes a `(word, count)` output record: the same bytes as `codec::to_bytes(record)` (a varint

@@ -54,6 +54,8 @@ pub const FETCH_IDLE_MS: u64 = 5;
 pub const FETCH_RETRY_BACKOFF_MS: u64 = 50;
 /// The most bytes one fetch asks for.
 pub const FETCH_BYTES_MAX: u32 = 1 << 20;
+/// An output edge keeps its batch-encoding buffer between batches up to this capacity.
+pub const ENCODE_SCRATCH_BYTES_MAX: usize = 4 << 20;
 /// Snapshot writes in flight at once per subtask; one more waits (and holds up processing).
 pub const SNAPSHOT_WRITES_OUTSTANDING_MAX: usize = 4;
 
@@ -89,6 +91,9 @@ struct EdgeOutput {
     targets: u32,
     route: RouteState,
     senders: Vec<DataSender<ChannelElement>>,
+    /// The encoding buffer, reused batch after batch (kept only up to
+    /// [`ENCODE_SCRATCH_BYTES_MAX`] of capacity).
+    scratch: Vec<u8>,
 }
 
 /// An answered fetch.
@@ -196,7 +201,7 @@ impl Task {
                 let sender = wire::connect_channel(addr, &hello).await.map_err(|e| format!("connect to {} at {addr}: {e}", channel.consumer))?;
                 senders.push(sender);
             }
-            outputs.push(EdgeOutput { partitioner: edge.partitioner, fns: edge.fns.clone(), targets: consumer.parallelism, route: RouteState::default(), senders });
+            outputs.push(EdgeOutput { partitioner: edge.partitioner, fns: edge.fns.clone(), targets: consumer.parallelism, route: RouteState::default(), senders, scratch: Vec::new() });
         }
         // Inputs: wait for every producer to connect.
         let gate = graph.inputs_of(subtask);
@@ -497,9 +502,17 @@ impl Task {
             parts.clear();
             out.fns.route(batch, &out.partitioner, out.targets, &mut out.route, &mut parts).map_err(op_err("route"))?;
             for (target, sub) in parts.drain(..) {
-                let bytes = out.fns.encode(&sub).map_err(|e| e.to_string())?;
+                let mut bytes = std::mem::take(&mut out.scratch);
+                bytes.clear();
+                out.fns.encode_into(&sub, &mut bytes).map_err(|e| e.to_string())?;
                 let sender = out.senders.get_mut(target as usize).ok_or_else(|| format!("route to channel {target} of {}", out.targets))?;
-                sender.send(&ChannelElement::Records(bytes)).await.map_err(|e| wire::channel_failure("output", &e))?;
+                let element = ChannelElement::Records(bytes);
+                sender.send(&element).await.map_err(|e| wire::channel_failure("output", &e))?;
+                if let ChannelElement::Records(bytes) = element {
+                    if bytes.capacity() <= ENCODE_SCRATCH_BYTES_MAX {
+                        out.scratch = bytes;
+                    }
+                }
             }
         }
         self.dirty = true;
