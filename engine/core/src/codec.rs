@@ -136,6 +136,36 @@ pub fn strings_from_bytes(bytes: &[u8]) -> Result<Vec<String>, CodecError> {
     Ok(out)
 }
 
+/// Bytes [`put_varint`] writes for `v`.
+pub fn varint_bytes(v: u64) -> usize {
+    match v {
+        0..=250 => 1,
+        251..=0xFFFF => 3,
+        0x1_0000..=0xFFFF_FFFF => 5,
+        _ => 9,
+    }
+}
+
+/// Appends `v` in bincode's varint encoding (floe's [`config`]): below 251 one byte; else a
+/// marker byte (251, 252, 253) and the value as a little-endian u16, u32 or u64.
+pub fn put_varint(out: &mut Vec<u8>, v: u64) {
+    match v {
+        0..=250 => out.push(v as u8),
+        251..=0xFFFF => {
+            out.push(251);
+            out.extend_from_slice(&(v as u16).to_le_bytes());
+        }
+        0x1_0000..=0xFFFF_FFFF => {
+            out.push(252);
+            out.extend_from_slice(&(v as u32).to_le_bytes());
+        }
+        _ => {
+            out.push(253);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
 /// Reads one unsigned varint in bincode's encoding (below 251: the byte; 251, 252, 253: a
 /// little-endian u16, u32, u64 follows) at `pos`, advancing it.
 fn read_varint(bytes: &[u8], pos: &mut usize) -> Result<u64, CodecError> {
@@ -319,6 +349,17 @@ pub enum CodecError {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn put_varint_writes_bincode_varints_of_the_size_varint_bytes_says() {
+        for v in [0u64, 250, 251, 0xFFFF, 0x1_0000, 0xFFFF_FFFF, 0x1_0000_0000, u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            assert_eq!(out, to_bytes(&v).unwrap(), "{v}");
+            assert_eq!(out.len(), varint_bytes(v), "{v}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -41,22 +41,7 @@ impl Key for String {
 
     /// A varint length, then the bytes (bincode's encoding of a string), without serde.
     fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), crate::codec::CodecError> {
-        let len = self.len() as u64;
-        match len {
-            0..=250 => out.push(len as u8),
-            251..=0xFFFF => {
-                out.push(251);
-                out.extend_from_slice(&(len as u16).to_le_bytes());
-            }
-            0x1_0000..=0xFFFF_FFFF => {
-                out.push(252);
-                out.extend_from_slice(&(len as u32).to_le_bytes());
-            }
-            _ => {
-                out.push(253);
-                out.extend_from_slice(&len.to_le_bytes());
-            }
-        }
+        crate::codec::put_varint(out, self.len() as u64);
         out.extend_from_slice(self.as_bytes());
         Ok(())
     }

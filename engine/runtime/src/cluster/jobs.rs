@@ -191,43 +191,14 @@ fn decode_line(bytes: Vec<u8>) -> Result<String, String> {
 /// (bincode's `encode_to_vec` grows its vector from empty: two or three allocations per record).
 fn encode_word_count((word, count): &(String, u64)) -> Result<Vec<u8>, String> {
     let len = word.len() as u64;
-    let mut out = Vec::with_capacity(varint_bytes(len) + word.len() + varint_bytes(*count));
-    put_varint(&mut out, len);
+    let mut out = Vec::with_capacity(codec::varint_bytes(len) + word.len() + codec::varint_bytes(*count));
+    codec::put_varint(&mut out, len);
     out.extend_from_slice(word.as_bytes());
-    put_varint(&mut out, *count);
+    codec::put_varint(&mut out, *count);
     debug_assert_eq!(out.len(), out.capacity(), "sized exactly");
     Ok(out)
 }
 
-/// Bytes of `v` in bincode's varint encoding (floe's codec configuration).
-fn varint_bytes(v: u64) -> usize {
-    match v {
-        0..=250 => 1,
-        251..=0xFFFF => 3,
-        0x1_0000..=0xFFFF_FFFF => 5,
-        _ => 9,
-    }
-}
-
-/// Appends `v` in bincode's varint encoding: below 251 one byte; else a marker byte (251, 252,
-/// 253) and the value as a little-endian u16, u32 or u64.
-fn put_varint(out: &mut Vec<u8>, v: u64) {
-    match v {
-        0..=250 => out.push(v as u8),
-        251..=0xFFFF => {
-            out.push(251);
-            out.extend_from_slice(&(v as u16).to_le_bytes());
-        }
-        0x1_0000..=0xFFFF_FFFF => {
-            out.push(252);
-            out.extend_from_slice(&(v as u32).to_le_bytes());
-        }
-        _ => {
-            out.push(253);
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-}
 
 /// Decodes one committed record of the `word-count` job.
 pub fn decode_word_count(bytes: &[u8]) -> Result<(String, u64), codec::CodecError> {
