@@ -14,7 +14,8 @@
 //! `tracing` layer ([`Watcher`]) that sees the cluster's protocol events as they happen
 //! (`alignment_started`, `checkpoint_completed`, `sink_prepared`, `restore_begun`), with optional
 //! checkpoint and subtask filters. A trigger that never fires (its checkpoint never came) gives up
-//! when the job finishes or at [`TRIGGER_WAIT_MS_MAX`].
+//! when the job finishes, at [`TRIGGER_WAIT_MS_MAX`], or [`TRIGGER_WAIT_WHILE_DOWN_MS_MAX`] after a
+//! crash that waits for the heal.
 //!
 //! Every injected fault (and each heal) goes into [`RunRecord::faults`] with its virtual time.
 //! At the end every node is killed and the runtime sleeps 1 ms, so no task is leaked (MADSIM.md).
@@ -27,6 +28,12 @@ use crate::scenario::WorldConfig;
 pub const WAVES: usize = 10;
 /// How long an event-triggered fault waits for its event (virtual ms since the run's start).
 pub const TRIGGER_WAIT_MS_MAX: u64 = 60_000;
+/// While a node crashed without a restart delay is down (it comes back when the schedule heals),
+/// an event-triggered fault waits at most this long after that crash. Its event may need the
+/// down node (a restore needs the job manager), and the heal waits for every fault: without this
+/// bound the node stayed down for [`TRIGGER_WAIT_MS_MAX`], longer than any transaction timeout
+/// the swarm draws (≥ 30 s) — a loss by design (FLINK-7784), not a finding.
+pub const TRIGGER_WAIT_WHILE_DOWN_MS_MAX: u64 = 10_000;
 /// The hard bound on a run's virtual time beyond the liveness bound (madsim's time limit).
 pub const TIME_LIMIT_SLACK_MS: u64 = 120_000;
 /// The job's name: the prefix of its checkpoint blobs and its sinks' transactional ids.
@@ -276,6 +283,8 @@ mod sim {
         faults: Mutex<Vec<FaultLogEntry>>,
         /// Nodes crashed and not yet restarted.
         down: Mutex<BTreeSet<ClusterNode>>,
+        /// When a node crashed without a restart delay, if one is down waiting for the heal.
+        down_until_heal_since_ms: Mutex<Option<u64>>,
         /// Nodes paused and not yet resumed.
         paused: Mutex<BTreeSet<ClusterNode>>,
         torn: Mutex<rand_chacha::ChaCha8Rng>,
@@ -406,7 +415,7 @@ mod sim {
 
     /// Waits for a fault's trigger; `false` if it never fired (the job finished first, or the
     /// wait bound passed).
-    async fn wait_trigger(watcher: &Watcher, trigger: &Trigger) -> bool {
+    async fn wait_trigger(stage: &Stage, watcher: &Watcher, trigger: &Trigger) -> bool {
         match trigger {
             Trigger::At { at_ms } => {
                 let now = now_ms();
@@ -422,10 +431,15 @@ mod sim {
                         break;
                     }
                     let now = now_ms();
-                    if watcher.finished_at_ms().is_some() || now >= TRIGGER_WAIT_MS_MAX {
+                    let down_since = *stage.down_until_heal_since_ms.lock().unwrap_or_else(|e| e.into_inner());
+                    let deadline = down_since
+                        .map_or(TRIGGER_WAIT_MS_MAX, |since| TRIGGER_WAIT_MS_MAX.min(since + TRIGGER_WAIT_WHILE_DOWN_MS_MAX));
+                    if watcher.finished_at_ms().is_some() || now >= deadline {
                         return false;
                     }
-                    let _ = tokio::time::timeout(Duration::from_millis(TRIGGER_WAIT_MS_MAX - now), notified).await;
+                    // Woken by an event, by a crash that awaits the heal (it may shorten the
+                    // deadline), or at the deadline.
+                    let _ = tokio::time::timeout(Duration::from_millis(deadline - now), notified).await;
                 }
                 if *after_ms > 0 {
                     tokio::time::sleep(Duration::from_millis(*after_ms)).await;
@@ -438,7 +452,7 @@ mod sim {
     /// Injects one fault, waits out its duration and undoes it. Crashes without a restart delay
     /// stay down until [`Stage::heal_all`].
     async fn inject(stage: Arc<Stage>, watcher: Watcher, fault: FaultSpec) {
-        if !wait_trigger(&watcher, &fault.trigger).await {
+        if !wait_trigger(&stage, &watcher, &fault.trigger).await {
             return;
         }
         let nodes: Vec<ClusterNode> = fault.nodes.iter().map(|n| cluster_node(*n)).filter(|n| stage.exists(*n)).collect();
@@ -459,6 +473,9 @@ mod sim {
                     for n in &nodes {
                         stage.restart(*n);
                     }
+                } else {
+                    stage.down_until_heal_since_ms.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(now_ms());
+                    watcher.notify.notify_waiters();
                 }
             }
             FaultKind::Partition { others, one_way } => {
@@ -628,6 +645,7 @@ mod sim {
             base_loss: world.packet_loss,
             faults: Mutex::new(Vec::new()),
             down: Mutex::new(BTreeSet::new()),
+            down_until_heal_since_ms: Mutex::new(None),
             paused: Mutex::new(BTreeSet::new()),
             torn: Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(world.seed ^ 0x7042_7a11)),
         });
