@@ -34,6 +34,8 @@ pub const TRIGGER_WAIT_MS_MAX: u64 = 60_000;
 /// bound the node stayed down for [`TRIGGER_WAIT_MS_MAX`], longer than any transaction timeout
 /// the swarm draws (≥ 30 s) — a loss by design (FLINK-7784), not a finding.
 pub const TRIGGER_WAIT_WHILE_DOWN_MS_MAX: u64 = 10_000;
+/// How often the harness tries to read a store back after the run (100 ms apart).
+pub const READ_BACK_ATTEMPTS_MAX: u32 = 100;
 /// The hard bound on a run's virtual time beyond the liveness bound (madsim's time limit).
 pub const TIME_LIMIT_SLACK_MS: u64 = 120_000;
 /// The job's name: the prefix of its checkpoint blobs and its sinks' transactional ids.
@@ -729,34 +731,28 @@ mod sim {
     /// transaction timeout aborts it. `exactly_once` catches it only when committed output lies
     /// behind it; `no_hanging_transactions` every time.
     async fn report_open_transactions(cluster: &SimCluster) {
-        const ATTEMPTS_MAX: u32 = 100;
         let client = cluster.broker_client();
-        let listing = cluster
-            .on_client(async move {
-                for _ in 0..ATTEMPTS_MAX {
-                    match client.list_transactions("").await {
-                        Ok(list) => return list,
-                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                    }
-                }
-                Vec::new()
-            })
-            .await;
+        let listing = cluster.on_client(async move { read_back(|| client.list_transactions("")).await.unwrap_or_default() }).await;
         for row in listing.into_iter().filter(|r| r.state.is_open()) {
             tracing::info!(event = names::OPEN_TRANSACTION_AT_END, txn = %row.transactional_id, state = ?row.state);
         }
     }
 
-    /// Reads a blob, retrying while the store is unreachable (after healing it comes back).
-    async fn get(client: &BlobClient, key: &str) -> Option<Vec<u8>> {
-        const ATTEMPTS_MAX: u32 = 100;
-        for _ in 0..ATTEMPTS_MAX {
-            match client.get(key).await {
-                Ok(bytes) => return bytes,
+    /// Runs `op` until it succeeds, at most [`READ_BACK_ATTEMPTS_MAX`] times 100 ms apart: after
+    /// healing, every store comes back. `None` if it never answered.
+    async fn read_back<T, E, Fut: std::future::Future<Output = Result<T, E>>>(mut op: impl FnMut() -> Fut) -> Option<T> {
+        for _ in 0..READ_BACK_ATTEMPTS_MAX {
+            match op().await {
+                Ok(value) => return Some(value),
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
         None
+    }
+
+    /// Reads a blob, retrying while the store is unreachable.
+    async fn get(client: &BlobClient, key: &str) -> Option<Vec<u8>> {
+        read_back(|| client.get(key)).await.flatten()
     }
 
     /// Every checkpoint whose metadata is in the blob store, decoded: the source offsets and

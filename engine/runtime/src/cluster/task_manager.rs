@@ -285,25 +285,16 @@ impl TaskManager {
         }
     }
 
-    /// Cancels every running subtask: the job manager has been silent for too long (see
-    /// [`TaskManagerConfig::jm_silence_ms_max`]). Newer deploys are still accepted.
-    fn self_fence(&self, silent_ms: u64) {
+    /// Cancels every running subtask on the task manager's own authority, logging `event`:
+    /// `tm_self_fenced` when the job manager has been silent for too long (`silent_ms`, see
+    /// [`TaskManagerConfig::jm_silence_ms_max`]), `tm_unknown_to_jm` when it answered
+    /// `RegisterAgain`. Newer deploys are still accepted.
+    fn cancel_all(&self, event: &'static str, silent_ms: Option<u64>) {
         let mut state = self.lock();
         if state.subtasks.is_empty() {
             return;
         }
-        tracing::warn!(event = "tm_self_fenced", tm = self.config.id.0, attempt = state.running_attempt.map(|a| a.0), silent_ms, subtasks = state.subtasks.len());
-        state.subtasks.clear();
-        state.running_attempt = None;
-    }
-
-    /// Cancels every running subtask because the job manager answered `RegisterAgain`.
-    fn cancel_stale_subtasks(&self) {
-        let mut state = self.lock();
-        if state.subtasks.is_empty() {
-            return;
-        }
-        tracing::warn!(event = "tm_unknown_to_jm", tm = self.config.id.0, attempt = state.running_attempt.map(|a| a.0), subtasks = state.subtasks.len());
+        tracing::warn!(event, tm = self.config.id.0, attempt = state.running_attempt.map(|a| a.0), silent_ms, subtasks = state.subtasks.len());
         state.subtasks.clear();
         state.running_attempt = None;
     }
@@ -386,7 +377,7 @@ impl TaskManager {
 }
 
 /// Cancels every subtask as soon as the job manager has been silent for more than
-/// [`TaskManagerConfig::jm_silence_ms_max`] (see [`TaskManager::self_fence`]). A task of its own,
+/// [`TaskManagerConfig::jm_silence_ms_max`] (see [`TaskManager::cancel_all`]). A task of its own,
 /// on a timer: checked only between heartbeats, the deadline slipped by a blocked heartbeat call
 /// (up to the RPC timeout) plus the backoff, and a zombie cut off by a partition kept running
 /// past the job manager's redeploy — retrying a sink's `init_transactions` that fenced the new
@@ -401,7 +392,7 @@ async fn watch_jm_silence(tm: Arc<TaskManager>) {
         #[allow(clippy::disallowed_methods, reason = "tokio's clock: madsim's virtual clock under simulation")]
         let silent_ms = heard.elapsed().as_millis() as u64;
         let pause_ms = if silent_ms > max_ms {
-            tm.self_fence(silent_ms);
+            tm.cancel_all("tm_self_fenced", Some(silent_ms));
             tm.config.heartbeat_interval_ms.max(1)
         } else {
             max_ms - silent_ms + 1
@@ -473,7 +464,7 @@ async fn register_and_heartbeat(tm: Arc<TaskManager>) {
                 // attempt it will never confirm — cancel it now, before it opens transactions a
                 // newer attempt's restore did not see (Flink's TaskExecutor fails a job's tasks
                 // when it loses that job's leader).
-                tm.cancel_stale_subtasks();
+                tm.cancel_all("tm_unknown_to_jm", None);
                 registered = false;
                 continue;
             }

@@ -132,18 +132,14 @@ impl SinkIo {
                     if !command.aborts(&id) {
                         continue;
                     }
-                    // Fence, do not just abort: a new epoch aborts the open transaction AND rejects
-                    // any later write of the producer that opened it. A zombie subtask of an older
-                    // attempt (still running until its cancel arrives) would otherwise write into
-                    // the aborted id again, reopen it, and hold back every read-committed consumer
-                    // until the broker's transaction timeout (jm-crash-recovered-commits-invisible).
-                    // Fence every covered id, not only the open ones (Flink's `TransactionAborter`
-                    // likewise runs `initTransactions` on each id after the restored checkpoint): an
-                    // id a zombie initialized but has not written to yet is `Empty`, and its
-                    // producer still holds the current epoch — its write, delayed in a partitioned
-                    // link, would open a transaction nobody ever ends
-                    // (broker-crash-and-one-way-partition-loses-tail;
-                    // late-write-reopens-initialized-transaction: Kafka's "hanging transactions", KIP-890).
+                    // Fence, do not just abort, and every covered id whatever its state (Flink's
+                    // `TransactionAborter` likewise runs `initTransactions` on each id after the
+                    // restored checkpoint): a new epoch aborts an open transaction AND rejects any
+                    // later write of the producer that opened or only initialized it. Otherwise a
+                    // zombie's write — still running, or delayed in a partitioned link — reopens
+                    // the id and holds back every read-committed consumer until the broker's
+                    // transaction timeout (Kafka's hanging transactions, KIP-890;
+                    // jm-crash-recovered-commits-invisible, late-write-reopens-initialized-transaction).
                     let token = self.next_token();
                     let result = with_retries(|| self.client.init_transactions_with_token(&row.transactional_id, None, Some(token))).await;
                     match result {
