@@ -25,6 +25,16 @@ pub fn to_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError>
     bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Encode(e.to_string()))
 }
 
+/// Appends the encoding of a value to `out`: the same bytes as [`to_bytes`]. On error `out` is
+/// left as it was.
+pub fn append_bytes<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), CodecError> {
+    let start = out.len();
+    bincode::serde::encode_into_std_write(value, out, config()).map(|_| ()).map_err(|e| {
+        out.truncate(start);
+        CodecError::Encode(e.to_string())
+    })
+}
+
 /// Decodes a value; trailing bytes are an error (a frame carries exactly one value).
 pub fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (value, used) = bincode::serde::decode_from_slice(bytes, config())

@@ -31,4 +31,5 @@ pub mod graph;
 pub mod ids;
 pub mod key_groups;
 pub mod operator;
+pub mod records;
 pub mod state;

@@ -31,15 +31,15 @@ async fn a_real_broker_serves_over_loopback_and_recovers_its_files_after_a_resta
     let dir = tempfile::TempDir::new().unwrap();
     let (c, server, _) = start(dir.path()).await;
     c.create_topic(T, 1).await.unwrap();
-    c.produce(T, PartitionId(0), vec![Record::value("plain")]).await.unwrap();
+    c.produce(T, PartitionId(0), PackedRecords::from_values(["plain"])).await.unwrap();
     let mut idem = Producer::idempotent(c.clone(), RetryPolicy::default()).await.unwrap();
-    idem.send(T, PartitionId(0), vec![Record::value("idem")]).await.unwrap();
+    idem.send(T, PartitionId(0), PackedRecords::from_values(["idem"])).await.unwrap();
     let mut done = Producer::transactional(c.clone(), "sink-0-1", None, RetryPolicy::default()).await.unwrap();
-    done.send(T, PartitionId(0), vec![Record::value("committed")]).await.unwrap();
+    done.send(T, PartitionId(0), PackedRecords::from_values(["committed"])).await.unwrap();
     done.prepare().await.unwrap();
     done.commit().await.unwrap();
     let mut open = Producer::transactional(c.clone(), "sink-0-2", None, RetryPolicy::default()).await.unwrap();
-    open.send(T, PartitionId(0), vec![Record::value("prepared")]).await.unwrap();
+    open.send(T, PartitionId(0), PackedRecords::from_values(["prepared"])).await.unwrap();
     open.prepare().await.unwrap();
     assert_eq!(committed(&c).await, ["plain", "idem", "committed"]);
 

@@ -154,7 +154,7 @@ fn crash_scenario(seed: u64) -> Vec<(Offset, String)> {
                         // A plain record: sent once; its fate is unknown when it fails.
                         let v = format!("plain-{w}-{i}");
                         attempted_plain.lock().unwrap().insert(v.clone());
-                        if let Ok(offset) = c.produce(T, PartitionId(0), vec![Record::value(v.as_bytes())]).await {
+                        if let Ok(offset) = c.produce(T, PartitionId(0), PackedRecords::from_values([v.as_bytes()])).await {
                             acked_plain.lock().unwrap().insert(v, offset);
                         }
                         tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(0..20))).await;
@@ -227,7 +227,7 @@ fn a_zombie_producer_is_fenced_after_a_new_epoch_even_across_a_restart() {
             .spawn(async move {
                 create_topic(&c, 1).await;
                 let mut zombie = Producer::transactional(c.clone(), "sink-0-1", None, retry()).await.unwrap();
-                zombie.send(T, PartitionId(0), vec![Record::value("zombie-1")]).await.unwrap();
+                zombie.send(T, PartitionId(0), PackedRecords::from_values(["zombie-1"])).await.unwrap();
                 zombie
             })
             .await
@@ -238,11 +238,11 @@ fn a_zombie_producer_is_fenced_after_a_new_epoch_even_across_a_restart() {
             let mut fresh = Producer::transactional(c.clone(), "sink-0-1", None, retry()).await.unwrap();
             assert_eq!(fresh.id().1, zombie.id().1 + 1);
             let mut zombie = zombie;
-            let err = zombie.send(T, PartitionId(0), vec![Record::value("zombie-2")]).await.unwrap_err();
+            let err = zombie.send(T, PartitionId(0), PackedRecords::from_values(["zombie-2"])).await.unwrap_err();
             assert!(matches!(err, BrokerError::Fenced { .. }), "{err:?}");
             assert!(matches!(zombie.commit().await, Err(BrokerError::Fenced { .. })));
             assert!(matches!(zombie.prepare().await, Err(BrokerError::Fenced { .. })));
-            fresh.send(T, PartitionId(0), vec![Record::value("fresh")]).await.unwrap();
+            fresh.send(T, PartitionId(0), PackedRecords::from_values(["fresh"])).await.unwrap();
             fresh.prepare().await.unwrap();
             assert_eq!(fresh.commit().await.unwrap(), TxnState::CompleteCommit);
             assert_eq!(fresh.commit().await.unwrap(), TxnState::CompleteCommit, "commit is idempotent");
@@ -266,10 +266,10 @@ fn a_transaction_that_timed_out_cannot_be_committed_but_a_prepared_one_survives_
             .spawn(async move {
                 create_topic(&c, 1).await;
                 let mut early = Producer::transactional(c.clone(), "sink-0-1", None, retry()).await.unwrap();
-                early.send(T, PartitionId(0), vec![Record::value("cp1")]).await.unwrap();
+                early.send(T, PartitionId(0), PackedRecords::from_values(["cp1"])).await.unwrap();
                 early.prepare().await.unwrap();
                 let mut late = Producer::transactional(c.clone(), "sink-0-2", None, retry()).await.unwrap();
-                late.send(T, PartitionId(0), vec![Record::value("cp2")]).await.unwrap();
+                late.send(T, PartitionId(0), PackedRecords::from_values(["cp2"])).await.unwrap();
                 late.prepare().await.unwrap();
                 (early, late)
             })
@@ -320,7 +320,7 @@ fn a_read_committed_consumer_never_sees_an_aborted_or_open_transactions_record()
                         let mut p = Producer::transactional(c.clone(), &tid, None, retry()).await.unwrap();
                         for i in 0..3 {
                             let part = PartitionId((i + s) % 2);
-                            p.send(T, part, vec![Record::value(format!("{tid}/{i}"))]).await.unwrap();
+                            p.send(T, part, PackedRecords::from_values([format!("{tid}/{i}")])).await.unwrap();
                         }
                         p.prepare().await.unwrap();
                         tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(0..30))).await;
@@ -385,7 +385,7 @@ fn a_torn_tail_left_by_a_failed_fsync_is_truncated_and_never_served() {
         let c = client();
         node.spawn(async move {
             create_topic(&c, 1).await;
-            c.produce(T, PartitionId(0), vec![Record::value("durable")]).await.unwrap();
+            c.produce(T, PartitionId(0), PackedRecords::from_values(["durable"])).await.unwrap();
         })
         .await
         .unwrap();
@@ -397,7 +397,7 @@ fn a_torn_tail_left_by_a_failed_fsync_is_truncated_and_never_served() {
         disk.set_faults(DiskFaults { fail_fsyncs: true, ..DiskFaults::default() });
         let c = client();
         let err = node
-            .spawn(async move { c.produce(T, PartitionId(0), vec![Record::value("never-acked-and-long-enough")]).await })
+            .spawn(async move { c.produce(T, PartitionId(0), PackedRecords::from_values(["never-acked-and-long-enough"])).await })
             .await
             .unwrap()
             .unwrap_err();
@@ -414,7 +414,7 @@ fn a_torn_tail_left_by_a_failed_fsync_is_truncated_and_never_served() {
         node.spawn(async move {
             tokio::time::sleep(Duration::from_millis(100)).await;
             assert_eq!(values(&read_all(&c, 0, IsolationLevel::ReadUncommitted).await), ["durable"]);
-            c.produce(T, PartitionId(0), vec![Record::value("after")]).await.unwrap();
+            c.produce(T, PartitionId(0), PackedRecords::from_values(["after"])).await.unwrap();
             assert_eq!(values(&read_all(&c, 0, IsolationLevel::ReadUncommitted).await), ["durable", "after"]);
         })
         .await

@@ -74,7 +74,7 @@ async fn word_count_runs_for_real_over_loopback_and_is_exactly_once() {
         let records: Vec<Record> = lines.iter().skip(p as usize).step_by(2).map(|l| Record::value(l.clone().into_bytes())).collect();
         ends[p as usize] = records.len() as u64;
         for chunk in records.chunks(256) {
-            producer.send("lines", PartitionId(p), chunk.to_vec()).await.expect("produce");
+            producer.send("lines", PartitionId(p), chunk.iter().cloned().collect()).await.expect("produce");
         }
     }
 

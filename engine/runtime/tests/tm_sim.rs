@@ -219,7 +219,7 @@ async fn produce(producer: &mut Producer, lines: &[String], first: usize) {
     }
     for (p, records) in per.into_iter().enumerate() {
         if !records.is_empty() {
-            producer.send("lines", PartitionId(p as u32), records).await.expect("idempotent producer delivers");
+            producer.send("lines", PartitionId(p as u32), records.into_iter().collect()).await.expect("idempotent producer delivers");
         }
     }
 }

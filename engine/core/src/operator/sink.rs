@@ -58,6 +58,7 @@
 
 use super::{Data, Operator, OperatorCommand, OperatorContext, OperatorError, OperatorResult};
 use crate::ids::CheckpointId;
+use crate::records::{PackedRecords, RECORD_LENGTH_BYTES};
 use crate::state::OperatorListState;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -193,7 +194,7 @@ pub enum SinkCommand {
         /// The transaction.
         id: TransactionalId,
         /// Encoded records, in order.
-        records: Vec<Vec<u8>>,
+        records: PackedRecords,
     },
     /// Flush and prepare `id`; the barrier is acknowledged only after this is done.
     PreCommit {
@@ -221,7 +222,7 @@ pub enum SinkCommand {
     /// Plain mode: write records at once, outside any transaction.
     PlainWrite {
         /// Encoded records, in order.
-        records: Vec<Vec<u8>>,
+        records: PackedRecords,
     },
 }
 
@@ -246,8 +247,11 @@ pub struct PendingTransaction {
     pub id: TransactionalId,
 }
 
-/// Turns a record into the bytes the broker stores.
-pub type RecordEncoder<T> = fn(&T) -> Result<Vec<u8>, String>;
+/// Turns a record into the bytes the broker stores, appending them to the buffer it is given.
+pub type RecordEncoder<T> = fn(&T, &mut Vec<u8>) -> Result<(), String>;
+
+/// Bytes reserved per record when a write command's batch is allocated (a guess; it grows).
+const ENCODED_RECORD_BYTES_GUESS: usize = RECORD_LENGTH_BYTES + 12;
 
 /// The pure half of an exactly-once sink subtask. See the [module documentation](self).
 pub struct TwoPhaseCommitSinkWriter<T> {
@@ -414,11 +418,16 @@ impl<T: Data> Operator for TwoPhaseCommitSinkWriter<T> {
         if input.is_empty() {
             return Ok(());
         }
-        // Encode straight into the commands' record lists (no list of the whole batch to split).
+        // Encode straight into the commands' record batches (no list of the whole batch to split,
+        // no allocation per record).
         let chunk_records_max = self.write_records_max.max(1);
-        let mut chunks: Vec<Vec<Vec<u8>>> = Vec::with_capacity(input.len().div_ceil(chunk_records_max));
+        let mut chunks: Vec<PackedRecords> = Vec::with_capacity(input.len().div_ceil(chunk_records_max));
+        let (encoder, prefix) = (self.encoder, &self.prefix);
         for chunk in input.chunks(chunk_records_max) {
-            let records = chunk.iter().map(self.encoder).collect::<Result<Vec<_>, _>>().map_err(|e| OperatorError::Codec(format!("sink {}: {e}", self.prefix)))?;
+            let mut records = PackedRecords::with_capacity(chunk.len() * ENCODED_RECORD_BYTES_GUESS);
+            for record in chunk {
+                records.push_with(|buf| encoder(record, buf).map_err(|e| OperatorError::Codec(format!("sink {prefix}: {e}"))))?;
+            }
             chunks.push(records);
         }
         self.records_written += input.len() as u64;
@@ -491,11 +500,12 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::{BTreeMap, BTreeSet};
 
-    fn encode_u64(v: &u64) -> Result<Vec<u8>, String> {
+    fn encode_u64(v: &u64, out: &mut Vec<u8>) -> Result<(), String> {
         if *v == u64::MAX {
             return Err("u64::MAX is not encodable".into());
         }
-        Ok(v.to_le_bytes().to_vec())
+        out.extend_from_slice(&v.to_le_bytes());
+        Ok(())
     }
 
     fn decode_u64(bytes: &[u8]) -> u64 {
@@ -563,7 +573,7 @@ mod tests {
     }
 
     fn render(command: &OperatorCommand) -> String {
-        let values = |records: &[Vec<u8>]| records.iter().map(|r| decode_u64(r)).collect::<Vec<_>>();
+        let values = |records: &PackedRecords| records.iter().map(decode_u64).collect::<Vec<_>>();
         match command {
             OperatorCommand::Sink(SinkCommand::Begin { id }) => format!("begin {id}"),
             OperatorCommand::Sink(SinkCommand::Write { id, records }) => format!("write {id} {:?}", values(records)),
@@ -914,7 +924,7 @@ mod tests {
                     let key = id.to_string();
                     match self.txns.get_mut(&key) {
                         Some(t) if t.state == TxnState::Open && epochs.get(&key) == Some(&t.epoch) => {
-                            t.records.extend(records.iter().map(|r| decode_u64(r)));
+                            t.records.extend(records.iter().map(decode_u64));
                         }
                         _ => {
                             self.fenced += 1;
@@ -960,7 +970,7 @@ mod tests {
                         }
                     }
                 }
-                SinkCommand::PlainWrite { records } => self.committed.extend(records.iter().map(|r| decode_u64(r))),
+                SinkCommand::PlainWrite { records } => self.committed.extend(records.iter().map(decode_u64)),
             }
             Ok(true)
         }

@@ -68,7 +68,7 @@ impl BrokerClient {
 
     /// A plain (non-idempotent) append; returns the first record's offset. A retry after a
     /// failure may duplicate: use a [`Producer`] where that matters.
-    pub async fn produce(&self, topic: &str, partition: PartitionId, records: Vec<Record>) -> Result<Offset, BrokerError> {
+    pub async fn produce(&self, topic: &str, partition: PartitionId, records: PackedRecords) -> Result<Offset, BrokerError> {
         self.produce_with(topic, partition, None, None, records).await.map(|(offset, _)| offset)
     }
 
@@ -79,7 +79,7 @@ impl BrokerClient {
         partition: PartitionId,
         producer: Option<ProducerStamp>,
         transactional_id: Option<&str>,
-        records: Vec<Record>,
+        records: PackedRecords,
     ) -> Result<(Offset, bool), BrokerError> {
         let request = BrokerRequest::Produce {
             topic: topic.into(),
@@ -280,7 +280,7 @@ impl Producer {
     ///
     /// If the retries run out with the outcome unknown, the producer is poisoned: every later
     /// `send` fails with `InvalidRequest`, and the caller must create a new producer.
-    pub async fn send(&mut self, topic: &str, partition: PartitionId, records: Vec<Record>) -> Result<Offset, BrokerError> {
+    pub async fn send(&mut self, topic: &str, partition: PartitionId, records: PackedRecords) -> Result<Offset, BrokerError> {
         if self.poisoned {
             return Err(BrokerError::InvalidRequest("producer poisoned: an earlier send's outcome is unknown".into()));
         }

@@ -13,7 +13,7 @@
 //! were never fsynced): a scan stops at the first entry that is partial, fails its crc or does not
 //! decode, and reports the valid prefix; recovery truncates the file to it.
 
-use super::protocol::{ProducerEpoch, ProducerId, ProducerStamp, Record, TxnEndReason, TxnOutcome};
+use super::protocol::{PackedRecords, ProducerEpoch, ProducerId, ProducerStamp, TxnEndReason, TxnOutcome};
 use floe_core::codec::{self, ENVELOPE_HEADER_BYTES};
 use floe_core::ids::{Offset, PartitionId};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -23,8 +23,9 @@ use std::sync::Arc;
 pub const PARTITION_MAGIC: [u8; 4] = *b"FBPL";
 /// Magic of a metadata-log entry.
 pub const META_MAGIC: [u8; 4] = *b"FBML";
-/// The format version of both logs.
-pub const LOG_FORMAT_VERSION: u16 = 1;
+/// The format version of both logs. 2: a batch's records are one [`PackedRecords`] block (they
+/// were a sequence of keyed records), and an init records its fencing token.
+pub const LOG_FORMAT_VERSION: u16 = 2;
 /// The metadata log's path on the broker's disk.
 pub const META_LOG_PATH: &str = "meta.log";
 
@@ -46,9 +47,9 @@ pub enum PartitionEntry {
         /// (per transactional id, counting every transaction it ever opened).
         transaction: Option<u64>,
         /// The records: shared between the partition's in-memory log and the entry staged for the
-        /// disk, so appending a batch never copies its records (encoded as a plain `Vec<Record>`).
+        /// disk, so appending a batch never copies its records (encoded as a plain [`PackedRecords`]).
         #[serde(with = "shared_records")]
-        records: Arc<Vec<Record>>,
+        records: Arc<PackedRecords>,
     },
     /// A transaction marker (Kafka's control record): ends `producer_id`'s open transaction in
     /// this partition. Takes one offset.
@@ -66,18 +67,18 @@ pub enum PartitionEntry {
     },
 }
 
-/// Serde for [`PartitionEntry::Batch`]'s shared records: the same bytes as a `Vec<Record>`.
+/// Serde for [`PartitionEntry::Batch`]'s shared records: the same bytes as a [`PackedRecords`].
 mod shared_records {
-    use super::Record;
+    use super::PackedRecords;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use std::sync::Arc;
 
-    pub fn serialize<S: Serializer>(records: &Arc<Vec<Record>>, serializer: S) -> Result<S::Ok, S::Error> {
-        records.as_slice().serialize(serializer)
+    pub fn serialize<S: Serializer>(records: &Arc<PackedRecords>, serializer: S) -> Result<S::Ok, S::Error> {
+        records.as_ref().serialize(serializer)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Arc<Vec<Record>>, D::Error> {
-        Vec::<Record>::deserialize(deserializer).map(Arc::new)
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Arc<PackedRecords>, D::Error> {
+        PackedRecords::deserialize(deserializer).map(Arc::new)
     }
 }
 
@@ -239,7 +240,7 @@ mod tests {
             base_offset: Offset(base),
             producer: None,
             transaction: None,
-            records: Arc::new((0..n).map(|i| Record::value(vec![i as u8; 3])).collect()),
+            records: Arc::new(PackedRecords::from_values((0..n).map(|i| vec![i as u8; 3]))),
         }
     }
 

@@ -9,6 +9,7 @@
 //! (Flink's pre-commit) that Kafka does not have.
 
 use floe_core::ids::{Offset, PartitionId};
+pub use floe_core::records::PackedRecords;
 use serde::{Deserialize, Serialize};
 
 /// A producer id, allocated by the broker (Kafka's `producerId`). Stable per transactional id.
@@ -17,12 +18,11 @@ pub type ProducerId = u64;
 /// A producer epoch (Kafka's `producerEpoch`): bumped by every `init_transactions`, fencing older ones.
 pub type ProducerEpoch = u32;
 
-/// One record of a partition log.
+/// One record of a partition log, as a fetch returns it. (Records are produced, stored and
+/// written to the log in [`PackedRecords`] batches.) floe's records have no key: nothing
+/// partitions by a record key at the broker.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Record {
-    /// The record's key (used by the caller for partitioning; opaque to the broker).
-    #[serde(with = "floe_core::codec::opt_byte_buf")]
-    pub key: Option<Vec<u8>>,
     /// The record's value.
     #[serde(with = "floe_core::codec::byte_buf")]
     pub value: Vec<u8>,
@@ -31,12 +31,19 @@ pub struct Record {
 impl Record {
     /// A record with a value and no key.
     pub fn value(value: impl Into<Vec<u8>>) -> Self {
-        Record { key: None, value: value.into() }
+        Record { value: value.into() }
     }
 
     /// Bytes this record counts for in fetch and request limits.
     pub fn size_bytes(&self) -> usize {
-        self.key.as_ref().map_or(0, Vec::len) + self.value.len()
+        self.value.len()
+    }
+}
+
+/// A batch of these records' values (tests and tools build batches this way).
+impl FromIterator<Record> for PackedRecords {
+    fn from_iter<I: IntoIterator<Item = Record>>(records: I) -> Self {
+        PackedRecords::from_values(records.into_iter().map(|r| r.value))
     }
 }
 
@@ -156,7 +163,7 @@ pub enum BrokerRequest {
         /// Set for a transactional produce: the records join this id's open transaction.
         transactional_id: Option<String>,
         /// The records (at least one).
-        records: Vec<Record>,
+        records: PackedRecords,
     },
     /// Registers a transactional id, bumps its epoch and aborts its open transaction.
     InitTransactions {

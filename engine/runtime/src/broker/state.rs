@@ -150,7 +150,7 @@ enum Fate {
 #[derive(Clone, Debug)]
 enum Stored {
     /// `records` is shared with the [`PartitionEntry`] that was staged for the disk.
-    Batch { base_offset: Offset, fate: Fate, records: Arc<Vec<Record>> },
+    Batch { base_offset: Offset, fate: Fate, records: Arc<PackedRecords> },
     Marker { offset: Offset },
 }
 
@@ -572,7 +572,7 @@ impl BrokerState {
         partition: PartitionId,
         producer: Option<ProducerStamp>,
         transactional_id: Option<String>,
-        records: Vec<Record>,
+        records: PackedRecords,
         now_ms: u64,
         staged: &mut Staged,
     ) -> Result<BrokerResponse, BrokerError> {
@@ -583,8 +583,8 @@ impl BrokerState {
         if records.len() > self.config.produce_records_max {
             return Err(limit("produce_records_max", format!("{} records", records.len())));
         }
-        if let Some(r) = records.iter().find(|r| r.size_bytes() > self.config.record_bytes_max) {
-            return Err(limit("record_bytes_max", format!("a record of {} bytes", r.size_bytes())));
+        if let Some(r) = records.iter().find(|r| r.len() > self.config.record_bytes_max) {
+            return Err(limit("record_bytes_max", format!("a record of {} bytes", r.len())));
         }
         let count = records.len() as u32;
         // Producer identity.
@@ -855,12 +855,12 @@ impl BrokerState {
                             break 'entries;
                         }
                         if visible {
-                            let size = record.size_bytes();
+                            let size = record.len();
                             if records.len() >= records_max || (!records.is_empty() && bytes + size > bytes_max as usize) {
                                 break 'entries;
                             }
                             bytes += size;
-                            records.push((offset, record.clone()));
+                            records.push((offset, Record::value(record)));
                         }
                         next = offset.next();
                     }
@@ -899,8 +899,8 @@ mod tests {
         run(b, req, 0).expect("request succeeds")
     }
 
-    fn recs(values: &[&str]) -> Vec<Record> {
-        values.iter().map(|v| Record::value(v.as_bytes())).collect()
+    fn recs(values: &[&str]) -> PackedRecords {
+        PackedRecords::from_values(values)
     }
 
     fn produce(p: u32, producer: Option<ProducerStamp>, tid: Option<&str>, values: &[&str]) -> BrokerRequest {

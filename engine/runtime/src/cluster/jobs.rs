@@ -187,18 +187,13 @@ fn decode_line(bytes: Vec<u8>) -> Result<String, String> {
 }
 
 /// Encodes a `(word, count)` output record: the same bytes as `codec::to_bytes(record)` (a varint
-/// length, the word's bytes, a varint count), written into one allocation of the exact size
-/// (bincode's `encode_to_vec` grows its vector from empty: two or three allocations per record).
-fn encode_word_count((word, count): &(String, u64)) -> Result<Vec<u8>, String> {
-    let len = word.len() as u64;
-    let mut out = Vec::with_capacity(codec::varint_bytes(len) + word.len() + codec::varint_bytes(*count));
-    codec::put_varint(&mut out, len);
+/// length, the word's bytes, a varint count), appended to the sink's record batch.
+fn encode_word_count((word, count): &(String, u64), out: &mut Vec<u8>) -> Result<(), String> {
+    codec::put_varint(out, word.len() as u64);
     out.extend_from_slice(word.as_bytes());
-    codec::put_varint(&mut out, *count);
-    debug_assert_eq!(out.len(), out.capacity(), "sized exactly");
-    Ok(out)
+    codec::put_varint(out, *count);
+    Ok(())
 }
-
 
 /// Decodes one committed record of the `word-count` job.
 pub fn decode_word_count(bytes: &[u8]) -> Result<(String, u64), codec::CodecError> {
@@ -208,8 +203,8 @@ pub fn decode_word_count(bytes: &[u8]) -> Result<(String, u64), codec::CodecErro
 /// A record of the `two-shuffle` job: `(bucket, word, count, bucket_running_sum)`.
 pub type BucketRecord = (u64, String, u64, u64);
 
-fn encode_bucket_record(record: &BucketRecord) -> Result<Vec<u8>, String> {
-    codec::to_bytes(record).map_err(|e| e.to_string())
+fn encode_bucket_record(record: &BucketRecord, out: &mut Vec<u8>) -> Result<(), String> {
+    codec::append_bytes(out, record).map_err(|e| e.to_string())
 }
 
 /// Decodes one committed record of the `two-shuffle` job.
@@ -248,7 +243,7 @@ fn running_counts(env: &StreamEnvironment, spec: &JobSpec) -> DataStream<(String
 }
 
 /// Ends `stream` in the job's two-phase-commit sink and builds the graph.
-fn finish<T: floe_core::operator::Data>(env: &StreamEnvironment, spec: &JobSpec, stream: DataStream<T>, encode: fn(&T) -> Result<Vec<u8>, String>) -> Result<JobGraph, JobError> {
+fn finish<T: floe_core::operator::Data>(env: &StreamEnvironment, spec: &JobSpec, stream: DataStream<T>, encode: fn(&T, &mut Vec<u8>) -> Result<(), String>) -> Result<JobGraph, JobError> {
     let (prefix, mode) = (spec.sink_prefix(), spec.sink_mode);
     stream.add_sink("sink", move || TwoPhaseCommitSinkWriter::new(prefix.clone(), mode, encode).expect("the sink prefix is valid"));
     env.build().map_err(|error| JobError::Graph { job: spec.job.clone(), error })
@@ -321,7 +316,9 @@ mod tests {
         for word in words {
             for count in counts {
                 let record = (word.to_string(), count);
-                let bytes = encode_word_count(&record).unwrap();
+                let mut bytes = b"before".to_vec();
+                encode_word_count(&record, &mut bytes).unwrap();
+                let bytes = bytes.split_off(6);
                 assert_eq!(bytes, codec::to_bytes(&record).unwrap(), "({}, {count})", word.len());
                 assert_eq!(decode_word_count(&bytes).unwrap(), record);
             }

@@ -12,7 +12,7 @@
 //! the old sockets).
 
 use crate::blob::{run_blob_server, BlobClient, BlobFaults};
-use crate::broker::{run_broker_server, BrokerClient, BrokerConfig, IsolationLevel, Record};
+use crate::broker::{run_broker_server, BrokerClient, BrokerConfig, IsolationLevel, PackedRecords};
 use crate::cluster::job_manager::{run_job_manager, JobClient, JobManagerConfig};
 use crate::cluster::jobs::{JobRegistry, JobSpec};
 use crate::cluster::protocol::{JobState, JobStatusReport};
@@ -279,9 +279,9 @@ impl SimCluster {
         let topic = topic.to_string();
         self.on_client(async move {
             retry_forever(|| client.create_topic(&topic, partitions), |e| matches!(e, crate::broker::BrokerError::TopicExists { .. })).await;
-            let mut per_partition: Vec<Vec<Record>> = vec![Vec::new(); partitions as usize];
+            let mut per_partition: Vec<Vec<String>> = vec![Vec::new(); partitions as usize];
             for (i, line) in lines.into_iter().enumerate() {
-                per_partition[i % partitions as usize].push(Record::value(line.into_bytes()));
+                per_partition[i % partitions as usize].push(line);
             }
             let mut ends = Vec::new();
             let mut producer = loop {
@@ -293,7 +293,7 @@ impl SimCluster {
             for (p, records) in per_partition.into_iter().enumerate() {
                 let mut end = 0;
                 for chunk in records.chunks(256) {
-                    let offset = producer.send(&topic, PartitionId(p as u32), chunk.to_vec()).await.expect("an idempotent producer with retries delivers");
+                    let offset = producer.send(&topic, PartitionId(p as u32), PackedRecords::from_values(chunk)).await.expect("an idempotent producer with retries delivers");
                     end = offset.0 + chunk.len() as u64;
                 }
                 ends.push(end);

@@ -21,7 +21,7 @@
 //! aborted, a commit the broker refuses) is a [`SinkFailure`]: the subtask fails and the job
 //! restarts from its latest completed checkpoint.
 
-use crate::broker::{BrokerClient, BrokerError, InitToken, Producer, Record, RetryPolicy, TxnState};
+use crate::broker::{BrokerClient, BrokerError, InitToken, Producer, RetryPolicy, TxnState};
 use floe_core::ids::{AttemptId, PartitionId, SubtaskId};
 use floe_core::operator::{SinkCommand, TransactionalId};
 use std::collections::BTreeMap;
@@ -104,7 +104,7 @@ impl SinkIo {
                 let tid = id.to_string();
                 let producer = self.open.get_mut(&tid).ok_or_else(|| fail(format!("write {tid}"), "no such open transaction"))?;
                 let n = records.len() as u64;
-                producer.send(&self.topic, self.partition, records.into_iter().map(Record::value).collect()).await.map_err(|e| fail(format!("write {tid}"), e))?;
+                producer.send(&self.topic, self.partition, records).await.map_err(|e| fail(format!("write {tid}"), e))?;
                 self.records_written += n;
             }
             SinkCommand::PreCommit { id } => {
@@ -156,7 +156,7 @@ impl SinkIo {
                 }
                 let n = records.len() as u64;
                 let producer = self.plain.as_mut().expect("created above");
-                producer.send(&self.topic, self.partition, records.into_iter().map(Record::value).collect()).await.map_err(|e| fail("plain write", e))?;
+                producer.send(&self.topic, self.partition, records).await.map_err(|e| fail("plain write", e))?;
                 self.records_written += n;
             }
         }
@@ -200,7 +200,7 @@ async fn with_retries<T, Fut: std::future::Future<Output = Result<T, BrokerError
 #[cfg(all(test, madsim))]
 mod tests {
     use super::*;
-    use crate::broker::{run_broker_server, BrokerConfig, IsolationLevel};
+    use crate::broker::{run_broker_server, BrokerConfig, IsolationLevel, PackedRecords};
     use crate::cluster::sim::simulate;
     use crate::disk::SimDisk;
     use crate::transport::RpcConfig;
@@ -265,7 +265,7 @@ mod tests {
                 for (tid, partition, zombie, _) in table {
                     let mut producer = Producer::transactional(c.clone(), tid, None, SINK_RETRY).await.expect("init");
                     if matches!(zombie, Zombie::Wrote | Zombie::Prepared) {
-                        producer.send(TOPIC, PartitionId(partition), vec![Record::value(format!("{tid}-before"))]).await.expect("write");
+                        producer.send(TOPIC, PartitionId(partition), PackedRecords::from_values([format!("{tid}-before")])).await.expect("write");
                     }
                     if matches!(zombie, Zombie::Prepared) {
                         producer.prepare().await.expect("prepare");
@@ -275,7 +275,7 @@ mod tests {
                 let restore = SinkCommand::AbortLater { prefix: PREFIX.into(), after: CheckpointId(1), owner: 0, parallelism: 2 };
                 sink.run(restore).await.expect("abort later");
                 for ((tid, partition, zombie, covered), producer) in table.into_iter().zip(zombies.iter_mut()) {
-                    let late = producer.send(TOPIC, PartitionId(partition), vec![Record::value(format!("{tid}-late"))]).await;
+                    let late = producer.send(TOPIC, PartitionId(partition), PackedRecords::from_values([format!("{tid}-late")])).await;
                     match (covered, zombie) {
                         (true, _) => assert!(matches!(late, Err(BrokerError::Fenced { .. })), "{tid} ({zombie:?}): {late:?}"),
                         // A prepared transaction takes no writes, fenced or not.
