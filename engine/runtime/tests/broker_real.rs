@@ -23,7 +23,7 @@ async fn start(dir: &std::path::Path) -> (BrokerClient, tokio::task::JoinHandle<
 
 async fn committed(c: &BrokerClient) -> Vec<String> {
     let f = c.fetch(T, PartitionId(0), Offset(0), 1_000, 1 << 20, IsolationLevel::ReadCommitted).await.unwrap();
-    f.records.into_iter().map(|(_, r)| String::from_utf8(r.value).unwrap()).collect()
+    f.records.iter().map(|r| String::from_utf8(r.to_vec()).unwrap()).collect()
 }
 
 #[tokio::test]

@@ -87,7 +87,7 @@ async fn read_all(c: &BrokerClient, partition: u32, isolation: IsolationLevel) -
             }
             Err(e) => panic!("fetch: {e}"),
         };
-        out.extend(f.records.into_iter().map(|(o, r)| (o, String::from_utf8(r.value).unwrap())));
+        out.extend(f.iter().map(|(o, r)| (o, String::from_utf8(r.to_vec()).unwrap())));
         let end = match isolation {
             IsolationLevel::ReadCommitted => f.last_stable_offset,
             IsolationLevel::ReadUncommitted => f.high_watermark,
@@ -347,8 +347,8 @@ fn a_read_committed_consumer_never_sees_an_aborted_or_open_transactions_record()
                             else {
                                 continue; // the broker is restarting
                             };
-                            for (_, r) in f.records {
-                                let v = String::from_utf8(r.value).unwrap();
+                            for r in &f.records {
+                                let v = String::from_utf8(r.to_vec()).unwrap();
                                 let tid = v.split('/').next().unwrap().to_string();
                                 assert!(commit_requested.lock().unwrap().contains(&tid), "saw {v} of an open or aborted transaction");
                                 seen.push(v);

@@ -230,7 +230,7 @@ async fn read_committed(client: &BrokerClient, topic: &str, partitions: u32) -> 
         let (mut records, mut from) = (Vec::new(), Offset(0));
         loop {
             let f = retry(|| client.fetch(topic, PartitionId(p), from, 4096, 4 << 20, IsolationLevel::ReadCommitted)).await;
-            records.extend(f.records.into_iter().map(|(_, r)| r.value));
+            records.extend(f.records.iter().map(<[u8]>::to_vec));
             if f.next_offset <= from {
                 break;
             }

@@ -122,17 +122,59 @@ pub struct TxnListing {
     pub state: TxnState,
 }
 
-/// The result of a fetch.
+/// The result of a fetch: the records in one [`PackedRecords`] block, and their offsets.
+/// A result whose offsets and records differ in number does not decode.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "FetchResultWire")]
 pub struct FetchResult {
-    /// The records, in offset order, each with its offset.
-    pub records: Vec<(Offset, Record)>,
+    /// The records' offsets, in order: one per record of `records`.
+    pub offsets: Vec<Offset>,
+    /// The records, in offset order.
+    pub records: PackedRecords,
     /// Where the next fetch should start (past skipped markers and aborted records).
     pub next_offset: Offset,
     /// The log end offset (every appended, durable entry is below it).
     pub high_watermark: Offset,
     /// The last stable offset: the first offset of the earliest open transaction, or the log end.
     pub last_stable_offset: Offset,
+}
+
+/// [`FetchResult`] as it travels, before its offsets and records are checked to match.
+#[derive(Deserialize)]
+struct FetchResultWire {
+    offsets: Vec<Offset>,
+    records: PackedRecords,
+    next_offset: Offset,
+    high_watermark: Offset,
+    last_stable_offset: Offset,
+}
+
+impl TryFrom<FetchResultWire> for FetchResult {
+    type Error = String;
+
+    fn try_from(w: FetchResultWire) -> Result<Self, String> {
+        if w.offsets.len() != w.records.len() {
+            return Err(format!("a fetch result with {} offsets for {} records", w.offsets.len(), w.records.len()));
+        }
+        Ok(FetchResult { offsets: w.offsets, records: w.records, next_offset: w.next_offset, high_watermark: w.high_watermark, last_stable_offset: w.last_stable_offset })
+    }
+}
+
+impl FetchResult {
+    /// The records with their offsets, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (Offset, &[u8])> + '_ {
+        self.offsets.iter().copied().zip(self.records.iter())
+    }
+
+    /// How many records the fetch returned.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether the fetch returned no record.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
 }
 
 /// A request to the broker.

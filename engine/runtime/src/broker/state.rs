@@ -828,7 +828,7 @@ impl BrokerState {
         };
         let records_max = records_max.min(self.config.fetch_records_max) as usize;
         let bytes_max = bytes_max.min(self.config.fetch_bytes_max);
-        let mut records = Vec::new();
+        let (mut offsets, mut records) = (Vec::new(), PackedRecords::new());
         let mut bytes = 0usize;
         let mut next = from_offset.max(Offset(0));
         let first = p.entries.partition_point(|e| e.next_offset() <= from_offset);
@@ -860,7 +860,8 @@ impl BrokerState {
                                 break 'entries;
                             }
                             bytes += size;
-                            records.push((offset, Record::value(record)));
+                            records.push(record).expect("a stored record fits a batch");
+                            offsets.push(offset);
                         }
                         next = offset.next();
                     }
@@ -868,7 +869,7 @@ impl BrokerState {
             }
         }
         debug_assert!(next <= end.max(from_offset));
-        Ok(FetchResult { records, next_offset: next, high_watermark: p.log_end, last_stable_offset: lso })
+        Ok(FetchResult { offsets, records, next_offset: next, high_watermark: p.log_end, last_stable_offset: lso })
     }
 }
 
@@ -930,7 +931,7 @@ mod tests {
 
     fn values(b: &BrokerState, p: u32, isolation: IsolationLevel) -> Vec<String> {
         let f = b.fetch(T, PartitionId(p), Offset(0), u32::MAX, u32::MAX, isolation).unwrap();
-        f.records.into_iter().map(|(_, r)| String::from_utf8(r.value).unwrap()).collect()
+        f.records.iter().map(|r| String::from_utf8(r.to_vec()).unwrap()).collect()
     }
 
     #[test]
@@ -1123,7 +1124,7 @@ mod tests {
         ];
         for (from, isolation, want, next) in cases {
             let f = fetch(&b, from, isolation);
-            let got: Vec<(u64, String)> = f.records.into_iter().map(|(o, r)| (o.get(), String::from_utf8(r.value).unwrap())).collect();
+            let got: Vec<(u64, String)> = f.iter().map(|(o, r)| (o.get(), String::from_utf8(r.to_vec()).unwrap())).collect();
             let want: Vec<(u64, String)> = want.into_iter().map(|(o, v)| (o, v.to_string())).collect();
             assert_eq!(got, want, "from {from} {isolation:?}");
             assert_eq!(f.next_offset, Offset(next), "from {from} {isolation:?}");

@@ -246,7 +246,7 @@ mod tests {
 
     fn values(b: &Broker<MemDisk>, p: u32, isolation: IsolationLevel) -> Vec<String> {
         let f = b.state().fetch(T, PartitionId(p), Offset(0), u32::MAX, u32::MAX, isolation).unwrap();
-        f.records.into_iter().map(|(_, r)| String::from_utf8(r.value).unwrap()).collect()
+        f.records.iter().map(|r| String::from_utf8(r.to_vec()).unwrap()).collect()
     }
 
     fn with_topic() -> (MemDisk, Broker<MemDisk>) {

@@ -357,7 +357,7 @@ impl SimCluster {
                     let fetched = retry_forever(|| client.fetch(&topic, PartitionId(p), from, 4096, 4 << 20, IsolationLevel::ReadCommitted), |_| false)
                         .await
                         .expect("fetch is retried until it succeeds");
-                    records.extend(fetched.records.into_iter().map(|(_, r)| r.value));
+                    records.extend(fetched.records.iter().map(<[u8]>::to_vec));
                     if fetched.next_offset <= from {
                         break;
                     }

@@ -288,7 +288,7 @@ mod tests {
                 // Nothing holds back a read-committed consumer of the share's partition.
                 let fetched = c.fetch(TOPIC, PartitionId(0), floe_core::ids::Offset(0), 100, 1 << 20, IsolationLevel::ReadCommitted).await.expect("fetch");
                 assert_eq!(fetched.last_stable_offset, fetched.high_watermark, "an open transaction holds partition 0 back");
-                let values: Vec<Vec<u8>> = fetched.records.into_iter().map(|(_, r)| r.value).collect();
+                let values: Vec<Vec<u8>> = fetched.records.iter().map(<[u8]>::to_vec).collect();
                 assert_eq!(values, vec![b"floe-sink-0-1-before".to_vec()]);
             })
             .await

@@ -587,7 +587,7 @@ impl Task {
                     if fetched.records.is_empty() {
                         tokio::time::sleep(Duration::from_millis(FETCH_IDLE_MS)).await;
                     }
-                    Ok(fetched.records.into_iter().map(|(offset, record)| (offset, record.value)).collect())
+                    Ok(fetched.iter().map(|(offset, record)| (offset, record.to_vec())).collect())
                 }
                 Err(e) => {
                     tokio::time::sleep(Duration::from_millis(FETCH_RETRY_BACKOFF_MS)).await;
