@@ -163,6 +163,16 @@ pub fn sweep_with(
     (summary, reports)
 }
 
+/// The seeds a test sweeps: `FLOE_SEED=N` alone if set, else `FLOE_SEEDS` seeds (`default` when
+/// unset) counting from 0. (The test suites' knob; `floe sweep` takes `--seeds`.)
+pub fn seeds_from_env(default: u64) -> Vec<u64> {
+    let env = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<u64>().ok());
+    match env("FLOE_SEED") {
+        Some(seed) => vec![seed],
+        None => (0..env("FLOE_SEEDS").unwrap_or(default)).collect(),
+    }
+}
+
 /// Runs a sweep with [`run_world`].
 pub fn sweep(scenario: &Scenario, seeds: &[u64], jobs: usize, overrides: Overrides) -> (SweepSummary, Vec<Report>) {
     sweep_with(scenario, seeds, jobs, overrides, run_world)

@@ -6,34 +6,16 @@
 //! `FLOE_SEEDS=N` changes the seed count (default 50); a failing seed prints the command that
 //! reruns it.
 
-use floe_sim::run::run_seed;
+use floe_sim::run::{run_seed, seeds_from_env};
 use floe_sim::scenario::{Overrides, Scenario};
 use std::collections::BTreeMap;
 
-/// A small world with random faults of every kind: fast, and it reaches the risky paths.
-const FAULTY: &str = r#"
-name = "determinism"
-job = "word-count"
-[workload]
-lines = 240
-words_per_line = 4
-vocabulary = 60
-[checkpoint]
-interval_ms = 100
-[faults]
-random = true
-rate_per_sec = 2.0
-window_ms = [200, 1500]
-duration_ms = [50, 600]
-"#;
+/// A small world with random faults of every kind (the sweep benchmark's scenario): fast, and it
+/// reaches the risky paths.
+use floe_sim::bench::SMALL_SWEEP as FAULTY;
 
-/// `FLOE_SEED=N` alone if set, else `FLOE_SEEDS` seeds (default 50) from 0.
 fn seeds() -> Vec<u64> {
-    let env = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<u64>().ok());
-    match env("FLOE_SEED") {
-        Some(seed) => vec![seed],
-        None => (0..env("FLOE_SEEDS").unwrap_or(50)).collect(),
-    }
+    seeds_from_env(50)
 }
 
 #[test]

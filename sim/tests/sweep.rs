@@ -9,7 +9,7 @@
 //! prints the one command that reruns it, and its trace hash (the rerun must show the same).
 
 use floe_sim::report::Report;
-use floe_sim::run::{run_world, sweep_with};
+use floe_sim::run::{run_world, seeds_from_env as seeds, sweep_with};
 use floe_sim::scenario::{CheckpointMode, Overrides, Scenario, SinkMode};
 
 /// Random faults of every kind over a small word count (the sweep benchmark's scenario); the
@@ -19,31 +19,14 @@ use floe_sim::bench::SMALL_SWEEP as WORD_COUNT;
 /// The positive controls must be caught "within 200 seeds" (issue 5), so they run 200 by default.
 const CONTROL_SEEDS: u64 = 200;
 
-fn seeds(default: u64) -> Vec<u64> {
-    let env = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<u64>().ok());
-    match env("FLOE_SEED") {
-        Some(seed) => vec![seed],
-        None => (0..env("FLOE_SEEDS").unwrap_or(default)).collect(),
-    }
-}
-
 fn scenario(job: &str) -> Scenario {
     let text = WORD_COUNT.replace("\"word-count\"", &format!("\"{job}\"")).replace("bench-sweep", &format!("sweep-{job}"));
     Scenario::parse("sweep.toml", &text).unwrap()
 }
 
 /// The risky situations issue 5 lists that random faults must reach in a sweep of
-/// [`COVERAGE_SEEDS_MIN`] seeds or more (the sometimes catalog; `transaction_timed_out` is left to
-/// the `broker/transaction-timeout-shorter-than-downtime` scenario: a timeout after a completed
-/// checkpoint loses data by design, FLINK-7784).
-const MUST_REACH: [&str; 6] = [
-    "crash_during_alignment",
-    "crash_between_complete_and_commit",
-    "jm_crash_mid_checkpoint",
-    "restore_from_checkpoint_2_plus",
-    "checkpoint_expired",
-    "zombie_fenced",
-];
+/// [`COVERAGE_SEEDS_MIN`] seeds or more (the sometimes catalog).
+use floe_sim::sometimes::RANDOM_FAULTS_MUST_REACH as MUST_REACH;
 /// The sweep size from which [`MUST_REACH`] is asserted (`.ci/run` runs one in release).
 const COVERAGE_SEEDS_MIN: usize = 200;
 
