@@ -126,6 +126,13 @@ pub fn seal_value_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, magic: [u8; 4],
 /// memory (`calloc`, which bypasses glibc's thread cache) for every string and copies it there.
 /// Never panics, whatever the bytes; the count reserves at most one slot per remaining byte.
 pub fn strings_from_bytes(bytes: &[u8]) -> Result<Vec<String>, CodecError> {
+    str_batch_from_bytes(bytes)
+}
+
+/// [`strings_from_bytes`] into any string type made from a `&str` (a `String`, or an inline
+/// [`CompactString`](crate::key_groups::CompactString), which takes no allocation at all for a
+/// short string): the same bytes decode to equal strings, or fail alike.
+pub fn str_batch_from_bytes<S: for<'a> From<&'a str>>(bytes: &[u8]) -> Result<Vec<S>, CodecError> {
     let mut pos = 0usize;
     let count = read_varint(bytes, &mut pos)?;
     let remaining = bytes.len() - pos;
@@ -137,13 +144,25 @@ pub fn strings_from_bytes(bytes: &[u8]) -> Result<Vec<String>, CodecError> {
             return Err(CodecError::Decode(format!("a string of {len} bytes at byte {pos} of {}", bytes.len())));
         };
         let s = std::str::from_utf8(&bytes[pos..end]).map_err(|e| CodecError::Decode(format!("a string at byte {pos} is not UTF-8: {e}")))?;
-        out.push(s.to_owned());
+        out.push(S::from(s));
         pos = end;
     }
     if pos != bytes.len() {
         return Err(CodecError::TrailingBytes { used: pos, len: bytes.len() });
     }
     Ok(out)
+}
+
+/// Appends a batch of strings in the bytes of `to_bytes(&strings)` (a varint count, then each
+/// string as a varint length and its bytes), without serde: the encoder of
+/// [`str_batch_from_bytes`]. Works for `String`s and inline strings alike.
+pub fn put_str_batch<S: AsRef<str>>(out: &mut Vec<u8>, strings: &[S]) {
+    put_varint(out, strings.len() as u64);
+    for s in strings {
+        let s = s.as_ref();
+        put_varint(out, s.len() as u64);
+        out.extend_from_slice(s.as_bytes());
+    }
 }
 
 /// Bytes [`put_varint`] writes for `v`.
@@ -383,6 +402,14 @@ mod tests {
         for strings in cases {
             let bytes = to_bytes(&strings).unwrap();
             assert_eq!(strings_from_bytes(&bytes).unwrap(), strings, "{} strings", strings.len());
+            let inline: Vec<crate::key_groups::CompactString> = str_batch_from_bytes(&bytes).unwrap();
+            assert!(inline.iter().map(|s| s.as_str()).eq(strings.iter().map(String::as_str)), "{} inline strings", strings.len());
+            let mut out = b"old".to_vec();
+            put_str_batch(&mut out, &strings);
+            assert_eq!(out[3..], bytes[..], "put_str_batch appends the codec bytes");
+            let mut out = Vec::new();
+            put_str_batch(&mut out, &inline);
+            assert_eq!(out, bytes, "inline strings encode alike");
         }
     }
 
@@ -419,6 +446,8 @@ mod tests {
             }
             bytes.truncate(bytes.len().saturating_sub(cut % 3));
             proptest::prop_assert_eq!(strings_from_bytes(&bytes).ok(), from_bytes::<Vec<String>>(&bytes).ok());
+            let inline = str_batch_from_bytes::<crate::key_groups::CompactString>(&bytes).ok();
+            proptest::prop_assert_eq!(inline.map(|v| v.into_iter().map(String::from).collect::<Vec<_>>()), from_bytes::<Vec<String>>(&bytes).ok());
         }
     }
 

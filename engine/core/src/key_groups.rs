@@ -47,6 +47,25 @@ impl Key for String {
     }
 }
 
+/// An inline small string: up to 24 bytes without a heap allocation (longer ones spill to the
+/// heap). It serializes as a `str`, so its bytes — on a channel, as a state key, in a snapshot —
+/// are a `String`'s, and as a [`Key`] it hashes like one: a record keyed by it lands in the same
+/// key group and state entry as the equal `String`.
+pub use compact_str::CompactString;
+
+impl Key for CompactString {
+    fn java_hash_code(&self) -> i32 {
+        java_string_hash(self)
+    }
+
+    /// A varint length, then the bytes: exactly a `String`'s encoding.
+    fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), crate::codec::CodecError> {
+        crate::codec::put_varint(out, self.len() as u64);
+        out.extend_from_slice(self.as_bytes());
+        Ok(())
+    }
+}
+
 impl Key for i32 {
     fn java_hash_code(&self) -> i32 {
         *self
@@ -353,6 +372,22 @@ mod tests {
             assert_eq!(out[2..], crate::codec::to_bytes(&key).unwrap()[..], "{} bytes", key.len());
             assert_eq!(&out[..2], b"ns", "appends");
         }
+    }
+
+    #[test]
+    fn an_inline_string_key_is_the_equal_string_key() {
+        let long = "x".repeat(70_000);
+        for word in ["", "a", "wörd", "exactly-twenty-four-byte", "twenty-five-bytes-is-heap", long.as_str()] {
+            let (string, inline) = (word.to_string(), CompactString::new(word));
+            assert_eq!(inline.java_hash_code(), string.java_hash_code(), "{} bytes", word.len());
+            assert_eq!(key_group_for_key(&inline, 128), key_group_for_key(&string, 128), "{} bytes", word.len());
+            let (mut a, mut b) = (b"ns".to_vec(), b"ns".to_vec());
+            inline.encode_into(&mut a).unwrap();
+            string.encode_into(&mut b).unwrap();
+            assert_eq!(a, b, "{} bytes", word.len());
+            assert_eq!(crate::codec::to_bytes(&inline).unwrap(), crate::codec::to_bytes(&string).unwrap(), "serde bytes too");
+        }
+        assert!(!CompactString::new("exactly-twenty-four-byte").is_heap_allocated(), "24 bytes are inline");
     }
 
     proptest! {

@@ -9,7 +9,7 @@
 use crate::codec::{self, CodecError};
 use crate::element::Watermark;
 use crate::ids::{CheckpointId, Offset, PartitionId};
-use crate::key_groups::{key_group_for_key, operator_index_for_key_group, Key, KeySelector};
+use crate::key_groups::{key_group_for_key, operator_index_for_key_group, CompactString, Key, KeySelector};
 use crate::operator::source::SourceReader;
 use crate::operator::{Data, Operator, OperatorContext, OperatorError, OperatorResult};
 use std::any::Any;
@@ -187,6 +187,19 @@ impl std::fmt::Debug for EdgeFns {
 }
 
 fn encode_batch_into<T: Data>(batch: &AnyBatch, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    // Batches of strings (the word count's words) take the fast path: the same bytes, no serde.
+    if is::<T, String>() {
+        if let Some(strings) = batch.downcast_ref::<Vec<String>>() {
+            codec::put_str_batch(out, strings);
+            return Ok(());
+        }
+    }
+    if is::<T, CompactString>() {
+        if let Some(words) = batch.downcast_ref::<Vec<CompactString>>() {
+            codec::put_str_batch(out, words);
+            return Ok(());
+        }
+    }
     let records = batch.downcast_ref::<Vec<T>>().ok_or_else(|| CodecError::Encode(format!("not a batch of {}", std::any::type_name::<T>())))?;
     let start = out.len();
     // Same bytes as `codec::to_bytes(records)`, appended to `out`.
@@ -197,11 +210,20 @@ fn encode_batch_into<T: Data>(batch: &AnyBatch, out: &mut Vec<u8>) -> Result<(),
 }
 
 fn decode_batch<T: Data>(bytes: &[u8]) -> Result<AnyBatch, CodecError> {
-    // Batches of strings (the word count's words) take the fast path: same bytes, same batch.
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<String>() {
-        return Ok(Box::new(codec::strings_from_bytes(bytes)?));
+    // Batches of strings (the word count's words) take the fast path: same bytes, same batch
+    // (and no allocation per word for inline strings).
+    if is::<T, String>() {
+        return Ok(Box::new(codec::str_batch_from_bytes::<String>(bytes)?));
+    }
+    if is::<T, CompactString>() {
+        return Ok(Box::new(codec::str_batch_from_bytes::<CompactString>(bytes)?));
     }
     Ok(Box::new(codec::from_bytes::<Vec<T>>(bytes)?))
+}
+
+/// True when `T` is `U` (a fast path's type test, decided at compile time).
+fn is<T: 'static, U: 'static>() -> bool {
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<U>()
 }
 
 fn batch_len<T: Data>(batch: &AnyBatch) -> usize {
@@ -391,6 +413,22 @@ mod tests {
         assert!(dyn_source.is_end_of_input());
         assert_eq!(dyn_source.records_emitted(), 2);
         assert!(matches!(commands[0], OperatorCommand::Source(_)), "initialize_state issued the first fetch");
+    }
+
+    #[test]
+    fn string_batches_of_either_kind_encode_to_the_serde_bytes_and_decode_back() {
+        let words = ["to", "be", "", "a word longer than twenty-four bytes", "straße"];
+        let strings: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+        let inline: Vec<CompactString> = words.iter().map(|w| CompactString::new(w)).collect();
+        let serde_bytes = codec::to_bytes(&strings).unwrap();
+        let (string_fns, inline_fns) = (EdgeFns::unkeyed::<String>(), EdgeFns::unkeyed::<CompactString>());
+        assert_eq!(string_fns.encode(&(Box::new(strings.clone()) as AnyBatch)).unwrap(), serde_bytes);
+        assert_eq!(inline_fns.encode(&(Box::new(inline.clone()) as AnyBatch)).unwrap(), serde_bytes);
+        assert_eq!(*inline_fns.decode(&serde_bytes).unwrap().downcast::<Vec<CompactString>>().unwrap(), inline);
+        assert_eq!(*string_fns.decode(&serde_bytes).unwrap().downcast::<Vec<String>>().unwrap(), strings);
+        // A batch of the other string type is still the wrong type.
+        assert!(string_fns.encode(&(Box::new(inline) as AnyBatch)).is_err());
+        assert!(inline_fns.encode(&(Box::new(strings) as AnyBatch)).is_err());
     }
 
     #[test]

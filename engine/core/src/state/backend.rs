@@ -8,6 +8,7 @@ use crate::ids::KeyGroup;
 use crate::key_groups::{key_group_for_key, Key, KeyGroupRange};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use std::any::{Any, TypeId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -35,9 +36,17 @@ pub(crate) struct Slot<T> {
     pub(crate) value: T,
 }
 
+/// `key ++ namespace` bytes up to this length sit inline in a table's slot (a word of up to 15
+/// bytes with its length byte, an `i64` key with a small namespace): a lookup compares them
+/// without following a pointer to the heap. Longer ones are stored on the heap.
+pub(crate) const TABLE_KEY_INLINE_BYTES: usize = 16;
+
+/// The `key ++ namespace` bytes a table entry is stored under (hashes and compares as `[u8]`).
+pub(crate) type TableKey = SmallVec<[u8; TABLE_KEY_INLINE_BYTES]>;
+
 /// The entries of one state in one key group (Flink's `StateMap`), keyed by
 /// `key bytes ++ namespace bytes`, values typed and inline.
-pub(crate) type TypedTable<T> = FxHashMap<Box<[u8]>, Slot<T>>;
+pub(crate) type TypedTable<T> = FxHashMap<TableKey, Slot<T>>;
 
 /// An entry as bytes: `(key ++ namespace, key length, value bytes)`.
 pub(crate) type RawEntry = (Box<[u8]>, u32, Vec<u8>);
@@ -80,7 +89,7 @@ impl<T: StateData> Table for TypedTable<T> {
         self.iter().map(|(composite, slot)| &composite[..slot.key_len as usize]).collect()
     }
     fn encode(&self) -> Result<Vec<RawEntry>, CodecError> {
-        self.iter().map(|(composite, slot)| Ok((composite.clone(), slot.key_len, codec::to_bytes(&slot.value)?))).collect()
+        self.iter().map(|(composite, slot)| Ok((Box::from(composite.as_slice()), slot.key_len, codec::to_bytes(&slot.value)?))).collect()
     }
 }
 
@@ -101,7 +110,7 @@ fn decode_table<T: StateData>(entries: &[RawEntry]) -> Result<Box<dyn Table>, Co
     let mut table = TypedTable::<T>::default();
     table.reserve(entries.len());
     for (composite, key_len, bytes) in entries {
-        table.insert(composite.clone(), Slot { key_len: *key_len, value: codec::from_bytes::<T>(bytes)? });
+        table.insert(TableKey::from_slice(composite), Slot { key_len: *key_len, value: codec::from_bytes::<T>(bytes)? });
     }
     Ok(Box::new(table))
 }
@@ -461,7 +470,7 @@ impl KeyedStateBackend {
     pub(crate) fn get_or_insert_with<T: StateData>(&mut self, id: StateId, init: impl FnOnce() -> T) -> &mut T {
         let (table, buf, key_len) = self.current_table_mut::<T>(id);
         if !table.contains_key(buf) {
-            table.insert(buf.into(), Slot { key_len, value: init() });
+            table.insert(TableKey::from_slice(buf), Slot { key_len, value: init() });
         }
         &mut table.get_mut(buf).expect("present or just inserted").value
     }
@@ -480,7 +489,7 @@ impl KeyedStateBackend {
         }
         let mut value = init();
         let result = f(&mut value);
-        table.insert(buf.into(), Slot { key_len, value });
+        table.insert(TableKey::from_slice(buf), Slot { key_len, value });
         result
     }
 
@@ -490,7 +499,7 @@ impl KeyedStateBackend {
         match table.get_mut(buf) {
             Some(slot) => slot.value = value,
             None => {
-                table.insert(buf.into(), Slot { key_len, value });
+                table.insert(TableKey::from_slice(buf), Slot { key_len, value });
             }
         }
     }
@@ -559,6 +568,31 @@ mod tests {
             assert_eq!(backend.current_key::<String>(), Some(key.clone()));
             assert_eq!(backend.current_key_group(), Some(key_group_for_key(&key, 128)));
         }
+    }
+
+    #[test]
+    fn keys_at_either_side_of_the_inline_length_are_stored_updated_and_removed_alike() {
+        let mut backend = KeyedStateBackend::new(128, KeyGroupRange::all(128));
+        let count = backend.get_state(&ValueStateDescriptor::<u64>::new("count")).unwrap();
+        // Composite lengths (a length byte + the word) around TABLE_KEY_INLINE_BYTES.
+        let keys: Vec<String> = (TABLE_KEY_INLINE_BYTES - 3..TABLE_KEY_INLINE_BYTES + 3).map(|n| "k".repeat(n)).collect();
+        for (round, want) in [(0, 1u64), (1, 2)] {
+            for key in &keys {
+                backend.set_current_key(key);
+                let got = count.update_with(&mut backend, || 0, |n| {
+                    *n += 1;
+                    *n
+                });
+                assert_eq!(got, want, "round {round}, {} bytes", key.len());
+            }
+        }
+        assert_eq!(backend.keys::<String>("count"), keys);
+        backend.set_current_key(&keys[3]);
+        count.clear(&mut backend);
+        assert_eq!(count.value(&backend), None);
+        backend.set_current_key(&keys[2]);
+        assert_eq!(count.value(&backend), Some(2));
+        assert_eq!(backend.keys::<String>("count").len(), keys.len() - 1);
     }
 
     #[test]

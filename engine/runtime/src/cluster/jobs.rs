@@ -21,6 +21,7 @@ use floe_core::element::CheckpointingMode;
 use floe_core::failover::RestartStrategy;
 use floe_core::graph::{DataStream, GraphError, JobGraph, StreamEnvironment};
 use floe_core::ids::{Offset, PartitionId};
+use floe_core::key_groups::CompactString;
 use floe_core::operator::keyed_process::{KeyedContext, KeyedProcessFunction, RunningCount};
 use floe_core::operator::sink::{SinkMode, TwoPhaseCommitSinkWriter};
 use floe_core::operator::source::{SourceReader, SourceSpec};
@@ -167,9 +168,51 @@ impl JobRegistry {
     }
 }
 
+/// The word count's word: an inline string (no heap allocation up to 24 bytes, from the
+/// tokenizer through the channels to the keyed state and the output record) that serializes as a
+/// `str`, so every byte the job writes is what a `String` word would write.
+pub type Word = CompactString;
+
 /// Splits a line into lower-cased words on non-alphanumeric characters (the word count's tokenizer).
 pub fn words(line: &str) -> impl Iterator<Item = String> + '_ {
     line.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(lower_case)
+}
+
+/// The words of [`words`], as [`Word`]s appended to `out`: what the job's tokenizer emits.
+pub fn split_words(line: &str, out: &mut Vec<Word>) {
+    if !line.is_ascii() {
+        out.extend(line.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(lower_case_word));
+        return;
+    }
+    // ASCII: every byte is a char, alphanumeric exactly when `char::is_alphanumeric` says so.
+    let mut start = 0;
+    for (i, byte) in line.bytes().enumerate() {
+        if !byte.is_ascii_alphanumeric() {
+            if i > start {
+                out.push(ascii_lower_case_word(&line[start..i]));
+            }
+            start = i + 1;
+        }
+    }
+    if line.len() > start {
+        out.push(ascii_lower_case_word(&line[start..]));
+    }
+}
+
+/// [`lower_case`] into a [`Word`].
+fn lower_case_word(word: &str) -> Word {
+    if word.is_ascii() {
+        ascii_lower_case_word(word)
+    } else {
+        Word::from(word.to_lowercase())
+    }
+}
+
+fn ascii_lower_case_word(word: &str) -> Word {
+    debug_assert!(word.is_ascii());
+    let mut w = Word::new(word);
+    w.make_ascii_lowercase();
+    w
 }
 
 /// `word.to_lowercase()`, with a fast path for ASCII (one allocation of the exact size, no
@@ -188,7 +231,7 @@ fn decode_line(bytes: Vec<u8>) -> Result<String, String> {
 
 /// Encodes a `(word, count)` output record: the same bytes as `codec::to_bytes(record)` (a varint
 /// length, the word's bytes, a varint count), appended to the sink's record batch.
-fn encode_word_count((word, count): &(String, u64), out: &mut Vec<u8>) -> Result<(), String> {
+fn encode_word_count((word, count): &(Word, u64), out: &mut Vec<u8>) -> Result<(), String> {
     codec::put_varint(out, word.len() as u64);
     out.extend_from_slice(word.as_bytes());
     codec::put_varint(out, *count);
@@ -234,12 +277,12 @@ fn check(spec: &JobSpec) -> Result<(), JobError> {
 }
 
 /// The stages both jobs share: lines → words → `key_by(word)` → running count per word.
-fn running_counts(env: &StreamEnvironment, spec: &JobSpec) -> DataStream<(String, u64)> {
+fn running_counts(env: &StreamEnvironment, spec: &JobSpec) -> DataStream<(Word, u64)> {
     let source = spec.source_spec();
     env.add_source("lines", move || SourceReader::new(source.clone(), decode_line).expect("the source spec was validated"))
-        .flat_map("split", |line: String, out: &mut Vec<String>| out.extend(words(&line)))
+        .flat_map("split", |line: String, out: &mut Vec<Word>| split_words(&line, out))
         .key_by_record("by-word")
-        .process("count", RunningCount::default())
+        .process("count", RunningCount::<Word>::default())
 }
 
 /// Ends `stream` in the job's two-phase-commit sink and builds the graph.
@@ -264,7 +307,7 @@ pub struct SumByBucket {
 
 impl KeyedProcessFunction for SumByBucket {
     type Key = u64;
-    type In = (String, u64);
+    type In = (Word, u64);
     type Out = BucketRecord;
 
     fn open(&mut self, state: &mut KeyedStateBackend) -> OperatorResult {
@@ -272,11 +315,11 @@ impl KeyedProcessFunction for SumByBucket {
         Ok(())
     }
 
-    fn process_element(&mut self, (word, count): (String, u64), ctx: &mut KeyedContext<'_, u64>, out: &mut Vec<BucketRecord>) -> OperatorResult {
+    fn process_element(&mut self, (word, count): (Word, u64), ctx: &mut KeyedContext<'_, u64>, out: &mut Vec<BucketRecord>) -> OperatorResult {
         let sum = self.sum.ok_or_else(|| OperatorError::Protocol("process_element before open".into()))?;
         let total = sum.get_or_insert_with(ctx.state, || 0);
         *total += count;
-        out.push((*ctx.key, word, count, *total));
+        out.push((*ctx.key, String::from(word), count, *total));
         Ok(())
     }
 }
@@ -284,7 +327,7 @@ impl KeyedProcessFunction for SumByBucket {
 fn two_shuffle(spec: &JobSpec) -> Result<JobGraph, JobError> {
     check(spec)?;
     let env = environment(spec);
-    let sums = running_counts(&env, spec).key_by("by-bucket", |(_, n): &(String, u64)| n % BUCKETS).process("bucket-sum", SumByBucket::default());
+    let sums = running_counts(&env, spec).key_by("by-bucket", |(_, n): &(Word, u64)| n % BUCKETS).process("bucket-sum", SumByBucket::default());
     finish(&env, spec, sums, encode_bucket_record)
 }
 
@@ -309,6 +352,26 @@ mod tests {
     }
 
     #[test]
+    fn the_job_tokenizer_splits_into_the_words_of_the_oracle_tokenizer() {
+        let lines = ["", "To be, or NOT to-be!", "  a1 b_2 ", "ÄBC straße ΣΑΣ", "MiXeD ascii Ünï", "w1 w22  w333", "A-WORD-LONGER-THAN-TWENTY-FOUR-BYTES-X"];
+        for line in lines {
+            let mut got = Vec::new();
+            split_words(line, &mut got);
+            assert_eq!(got.iter().map(Word::as_str).collect::<Vec<_>>(), words(line).collect::<Vec<_>>(), "{line:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the line (ASCII or not), the job's tokenizer emits the oracle's words.
+        #[test]
+        fn the_job_tokenizer_agrees_with_the_oracle_tokenizer(line in "[ -~]{0,60}|\\PC{0,30}") {
+            let mut got = Vec::new();
+            split_words(&line, &mut got);
+            proptest::prop_assert_eq!(got.iter().map(Word::as_str).collect::<Vec<_>>(), words(&line).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
     fn word_count_records_encode_to_the_codec_bytes_and_decode_back() {
         let long = "x".repeat(70_000);
         let words = ["", "a", "word", long.as_str()];
@@ -317,7 +380,7 @@ mod tests {
             for count in counts {
                 let record = (word.to_string(), count);
                 let mut bytes = b"before".to_vec();
-                encode_word_count(&record, &mut bytes).unwrap();
+                encode_word_count(&(Word::new(word), count), &mut bytes).unwrap();
                 let bytes = bytes.split_off(6);
                 assert_eq!(bytes, codec::to_bytes(&record).unwrap(), "({}, {count})", word.len());
                 assert_eq!(decode_word_count(&bytes).unwrap(), record);
