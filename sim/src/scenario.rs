@@ -35,7 +35,7 @@ use crate::oracle::JobKind;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
@@ -1401,13 +1401,9 @@ fn draw_random_faults(random: &RandomFaults, seed: u64, task_managers: u32) -> V
 /// (exponent `skew`), with some capitals and punctuation so the tokenizer is exercised.
 pub fn generate_lines(workload: &Workload, seed: u64) -> Vec<String> {
     let mut r = rng(seed, Stream::Workload);
-    // Cumulative zipf weights: P(rank k) ∝ 1 / (k+1)^skew.
-    let mut cumulative = Vec::with_capacity(workload.vocabulary as usize);
-    let mut total = 0.0;
-    for k in 0..workload.vocabulary {
-        total += 1.0 / f64::from(k + 1).powf(workload.skew);
-        cumulative.push(total);
-    }
+    let zipf = Zipf::new(workload.vocabulary, workload.skew);
+    // Each rank's digits, written once (formatting them per word was most of the generation).
+    let ranks: Vec<String> = (0..zipf.ranks()).map(|k| k.to_string()).collect();
     const SEPARATORS: [&str; 5] = [" ", " ", " ", ", ", "! "];
     /// Bytes reserved per word of a line (a guess: it grows for long words).
     const LINE_BYTES_GUESS_PER_WORD: usize = 8;
@@ -1415,19 +1411,68 @@ pub fn generate_lines(workload: &Workload, seed: u64) -> Vec<String> {
         .map(|_| {
             let mut line = String::with_capacity(LINE_BYTES_GUESS_PER_WORD * workload.words_per_line as usize);
             for i in 0..workload.words_per_line {
-                let x = r.gen::<f64>() * total;
-                let k = cumulative.partition_point(|c| *c < x).min(cumulative.len().saturating_sub(1));
+                let k = zipf.rank(r.gen::<f64>());
                 if i > 0 {
                     line.push_str(SEPARATORS[r.gen_range(0..SEPARATORS.len())]);
                 }
-                // Written in place (a `format!` per word was a seventh of a 100k-line run).
-                let initial = if r.gen_bool(0.1) { 'W' } else { 'w' };
-                line.push(initial);
-                write!(line, "{k}").expect("writing to a String cannot fail");
+                line.push(if r.gen_bool(0.1) { 'W' } else { 'w' });
+                line.push_str(&ranks[k]);
             }
             line
         })
         .collect()
+}
+
+/// Buckets of [`Zipf`]'s guide table.
+const ZIPF_GUIDE_BUCKETS: usize = 1024;
+
+/// Zipf ranks by inversion of the cumulative weights (`P(rank k) ∝ 1 / (k+1)^skew`): the first
+/// rank whose cumulative weight reaches `u * total`. A guide table narrows the binary search to
+/// the ranks of `u`'s bucket; the answer is checked against its neighbours and the whole table
+/// searched when the check fails, so it is always the plain search's answer.
+struct Zipf {
+    cumulative: Vec<f64>,
+    total: f64,
+    /// `guide[j]`: the rank for `u = j / ZIPF_GUIDE_BUCKETS` (the first rank of bucket `j`).
+    guide: Vec<usize>,
+}
+
+impl Zipf {
+    fn new(vocabulary: u32, skew: f64) -> Self {
+        let mut cumulative = Vec::with_capacity(vocabulary as usize);
+        let mut total = 0.0;
+        for k in 0..vocabulary {
+            total += 1.0 / f64::from(k + 1).powf(skew);
+            cumulative.push(total);
+        }
+        let mut z = Zipf { cumulative, total, guide: Vec::new() };
+        z.guide = (0..=ZIPF_GUIDE_BUCKETS).map(|j| z.search(j as f64 / ZIPF_GUIDE_BUCKETS as f64 * total, 0, z.cumulative.len())).collect();
+        z
+    }
+
+    fn ranks(&self) -> usize {
+        self.cumulative.len().max(1)
+    }
+
+    /// The first rank in `lo..hi` whose cumulative weight reaches `x` (`hi` if none).
+    fn search(&self, x: f64, lo: usize, hi: usize) -> usize {
+        lo + self.cumulative[lo..hi].partition_point(|c| *c < x)
+    }
+
+    /// The rank drawn by `u` in `[0, 1)`.
+    fn rank(&self, u: f64) -> usize {
+        let x = u * self.total;
+        let n = self.cumulative.len();
+        let j = ((u * ZIPF_GUIDE_BUCKETS as f64) as usize).min(ZIPF_GUIDE_BUCKETS - 1);
+        let (lo, hi) = (self.guide[j.saturating_sub(1)], (self.guide[(j + 2).min(ZIPF_GUIDE_BUCKETS)] + 1).min(n));
+        let mut k = self.search(x, lo, hi);
+        let first_reaching = (k == 0 || self.cumulative[k - 1] < x) && (k == n || self.cumulative[k] >= x);
+        if !first_reaching {
+            k = self.search(x, 0, n);
+        }
+        debug_assert_eq!(k, self.search(x, 0, n));
+        k.min(n.saturating_sub(1))
+    }
 }
 
 /// Splits lines round-robin over `partitions`, as the harness produces them.
