@@ -1,6 +1,6 @@
 //! Barrier alignment for one input gate: the part of a task that turns `n` interleaved input
 //! channels into one ordered sequence of "process these records", "the watermark advanced",
-//! "snapshot now for checkpoint n" and "end of input".
+//! "snapshot now for checkpoint n", "end of data" and "end of input".
 //!
 //! It follows Flink's `SingleCheckpointBarrierHandler` (aligned, exactly-once),
 //! `CheckpointBarrierTracker` (at-least-once) and `StatusWatermarkValve` (watermark combining),
@@ -32,7 +32,8 @@
 //!   ([`AbortReason::AlignmentBufferFull`]), everything is released in order, nothing stays blocked,
 //!   and the element that did not fit is processed after the released ones.
 //! - A blocked channel's elements are buffered whatever they are: records, watermarks, a later
-//!   barrier or its end of partition are all "after barrier `n`" and take effect on release.
+//!   barrier, its end of data or its end of partition are all "after barrier `n`" and take effect on
+//!   release.
 //!
 //! # At-least-once ([`CheckpointingMode::AtLeastOnce`])
 //!
@@ -42,20 +43,39 @@
 //! through *before* `Checkpoint(n)`: after a restore from `n` they are processed again. That is the
 //! at-least-once hazard, and the tests below show it happens.
 //!
+//! # End of data, end of input (FLIP-147: Flink's `EndOfData`, `CheckpointedInputGate`)
+//!
+//! A bounded input ends in two steps. [`StreamElement::EndOfData`] on a channel means its producer
+//! sends no more records or watermarks; the channel stays open — barriers still come and align
+//! as usual (it must still deliver the final checkpoint's barrier) — until its
+//! [`StreamElement::EndOfPartition`]. EndOfData takes effect in channel order like any element (a
+//! blocked channel buffers it). A channel that finishes without an EndOfData (an older producer, an
+//! input that failed over) has ended its data too.
+//!
+//! Once every channel's data has ended, the aligner outputs [`AlignerOutput::Watermark`]`(MAX)`
+//! (unless the gate's watermark already is MAX) and then [`AlignerOutput::EndOfData`], once: the
+//! task ends its operators' input (their output flows on, into the checkpoint whose barrier
+//! follows) and forwards EndOfData. Once every channel has finished, [`AlignerOutput::EndOfInput`]
+//! follows, once and last: the task closes its outputs. Like a record, the gate's EndOfData is
+//! "before checkpoint `n`" exactly when every channel ended its data before barrier `n` (or
+//! finished without it): in exactly-once mode it is output before `Checkpoint(n)` then, and after
+//! it otherwise.
+//!
 //! # Watermarks (`StatusWatermarkValve`)
 //!
 //! Each channel's watermark only goes up (a lower one is ignored). The gate's watermark is the
-//! minimum over the channels that have not finished; a finished channel's event time has ended and
-//! no longer holds the gate back, so once every channel has finished the gate's watermark is
+//! minimum over the channels whose data has not ended; an ended channel's event time has ended and
+//! no longer holds the gate back, so once every channel's data has ended the gate's watermark is
 //! [`Watermark::MAX`]. [`AlignerOutput::Watermark`] is output only when the gate's watermark
 //! increases. Watermarks are delivered on the same path as records, so a blocked channel's
 //! watermark waits in the buffer.
 //!
 //! # Protocol violations
 //!
-//! An element on a channel that does not exist, anything after `EndOfPartition` on a channel, or a
-//! barrier whose id is not greater than the previous barrier on the same channel is refused with a
-//! typed [`AlignerError`] from [`BarrierAligner::push`], before any state changes. Checked at
+//! An element on a channel that does not exist, anything after `EndOfPartition` on a channel, a
+//! record, watermark or second EndOfData after `EndOfData` on a channel, or a barrier whose id is
+//! not greater than the previous barrier on the same channel is refused with a typed
+//! [`AlignerError`] from [`BarrierAligner::push`], before any state changes. Checked at
 //! arrival, so a violation is reported even while the channel is blocked.
 //!
 //! # Output queue bound
@@ -143,7 +163,12 @@ pub enum AlignerOutput<T> {
         /// Why.
         reason: AbortReason,
     },
-    /// Every channel has delivered its end of partition (output once, and last).
+    /// Every channel's data has ended (its `EndOfData` took effect, or it finished): no record or
+    /// watermark follows, only checkpoints and [`AlignerOutput::EndOfInput`]. Output once, right
+    /// after `Watermark(MAX)`. The task ends its operators' input and forwards `EndOfData`.
+    EndOfData,
+    /// Every channel has delivered its end of partition (output once, and last, after
+    /// [`AlignerOutput::EndOfData`]).
     EndOfInput,
 }
 
@@ -165,6 +190,12 @@ pub enum AlignerError {
     /// Something arrived after the channel's `EndOfPartition`.
     #[error("an element arrived on {channel} after its end of partition")]
     ElementAfterEndOfPartition {
+        /// The offending channel.
+        channel: ChannelIndex,
+    },
+    /// A record, a watermark or a second end of data arrived after the channel's `EndOfData`.
+    #[error("a record, watermark or second end of data arrived on {channel} after its end of data")]
+    ElementAfterEndOfData {
         /// The offending channel.
         channel: ChannelIndex,
     },
@@ -202,9 +233,20 @@ struct Pending<T> {
 #[derive(Clone, Debug)]
 struct Channel {
     last_barrier_arrived: Option<CheckpointId>,
+    data_end_arrived: bool,
     end_arrived: bool,
+    /// Its `EndOfData` took effect (a finished channel's data has ended too, see
+    /// [`Channel::data_over`]).
+    data_ended: bool,
     finished: bool,
     watermark: Watermark,
+}
+
+impl Channel {
+    /// No record or watermark will take effect on this channel any more.
+    fn data_over(&self) -> bool {
+        self.data_ended || self.finished
+    }
 }
 
 /// The checkpoint this gate is aligning (exactly-once) or counting (at-least-once).
@@ -239,6 +281,7 @@ pub struct BarrierAligner<T> {
     output: VecDeque<AlignerOutput<T>>,
     /// The gate's watermark as last output.
     watermark: Watermark,
+    end_of_data_emitted: bool,
     end_of_input_emitted: bool,
 }
 
@@ -248,8 +291,14 @@ impl<T> BarrierAligner<T> {
         if num_channels == 0 {
             return Err(AlignerError::NoChannels);
         }
-        let channel =
-            Channel { last_barrier_arrived: None, end_arrived: false, finished: false, watermark: Watermark::MIN };
+        let channel = Channel {
+            last_barrier_arrived: None,
+            data_end_arrived: false,
+            end_arrived: false,
+            data_ended: false,
+            finished: false,
+            watermark: Watermark::MIN,
+        };
         Ok(BarrierAligner {
             config,
             channels: vec![channel; num_channels as usize],
@@ -260,6 +309,7 @@ impl<T> BarrierAligner<T> {
             work: VecDeque::new(),
             output: VecDeque::new(),
             watermark: Watermark::MIN,
+            end_of_data_emitted: false,
             end_of_input_emitted: false,
         })
     }
@@ -353,6 +403,16 @@ impl<T> BarrierAligner<T> {
         self.watermark
     }
 
+    /// True once `channel`'s data has ended: its `EndOfData` (or `EndOfPartition`) took effect.
+    pub fn is_data_ended(&self, channel: ChannelIndex) -> bool {
+        self.channels.get(channel.0 as usize).is_some_and(Channel::data_over)
+    }
+
+    /// True once [`AlignerOutput::EndOfData`] has been output.
+    pub fn is_end_of_data(&self) -> bool {
+        self.end_of_data_emitted
+    }
+
     /// True once [`AlignerOutput::EndOfInput`] has been output.
     pub fn is_end_of_input(&self) -> bool {
         self.end_of_input_emitted
@@ -380,6 +440,12 @@ impl<T> BarrierAligner<T> {
                 }
             }
             StreamElement::EndOfPartition => state.end_arrived = true,
+            StreamElement::EndOfData | StreamElement::Records(_) | StreamElement::Watermark(_)
+                if state.data_end_arrived =>
+            {
+                return Err(AlignerError::ElementAfterEndOfData { channel });
+            }
+            StreamElement::EndOfData => state.data_end_arrived = true,
             StreamElement::Records(_) | StreamElement::Watermark(_) => {}
         }
         Ok(())
@@ -400,6 +466,7 @@ impl<T> BarrierAligner<T> {
             }
             StreamElement::Watermark(watermark) => self.on_watermark(channel, watermark),
             StreamElement::Barrier(barrier) => self.on_barrier(channel, barrier, pending.size_bytes),
+            StreamElement::EndOfData => self.on_end_of_data(channel),
             StreamElement::EndOfPartition => self.on_end_of_partition(channel),
         }
     }
@@ -420,6 +487,7 @@ impl<T> BarrierAligner<T> {
     fn on_watermark(&mut self, channel: ChannelIndex, watermark: Watermark) {
         let state = &mut self.channels[channel.0 as usize];
         debug_assert!(!state.finished, "nothing takes effect after end of partition");
+        debug_assert!(!state.data_ended, "no watermark takes effect after end of data");
         if watermark > state.watermark {
             state.watermark = watermark;
             self.advance_watermark();
@@ -429,7 +497,7 @@ impl<T> BarrierAligner<T> {
     /// Outputs the gate's watermark if it increased.
     fn advance_watermark(&mut self) {
         let combined =
-            self.channels.iter().filter(|c| !c.finished).map(|c| c.watermark).min().unwrap_or(Watermark::MAX);
+            self.channels.iter().filter(|c| !c.data_over()).map(|c| c.watermark).min().unwrap_or(Watermark::MAX);
         if combined > self.watermark {
             self.watermark = combined;
             self.output.push_back(AlignerOutput::Watermark(combined));
@@ -463,18 +531,41 @@ impl<T> BarrierAligner<T> {
         }
     }
 
+    fn on_end_of_data(&mut self, channel: ChannelIndex) {
+        let state = &mut self.channels[channel.0 as usize];
+        debug_assert!(!state.finished, "nothing takes effect after end of partition");
+        debug_assert!(!state.data_ended, "end of data arrives once per channel");
+        state.data_ended = true;
+        self.advance_watermark();
+        self.end_data_if_over();
+    }
+
+    /// Outputs [`AlignerOutput::EndOfData`] (once) when every channel's data has ended; the
+    /// watermark went to MAX just before.
+    fn end_data_if_over(&mut self) {
+        if self.end_of_data_emitted || !self.channels.iter().all(Channel::data_over) {
+            return;
+        }
+        debug_assert_eq!(self.watermark, Watermark::MAX, "the gate's event time ended first");
+        self.end_of_data_emitted = true;
+        self.output.push_back(AlignerOutput::EndOfData);
+    }
+
     fn on_end_of_partition(&mut self, channel: ChannelIndex) {
         let state = &mut self.channels[channel.0 as usize];
         debug_assert!(!state.finished);
         state.finished = true;
-        // The watermark this channel no longer holds back was caused by elements before any
-        // pending barrier: output it before the checkpoint.
+        // The watermark this channel no longer holds back, and the end of data its finishing
+        // completes, were caused by elements before any pending barrier: output them before the
+        // checkpoint.
         self.advance_watermark();
+        self.end_data_if_over();
         self.complete_if_aligned();
         if self.channels.iter().all(|c| c.finished) {
             debug_assert!(self.alignment.is_none(), "a finished gate has nothing to align");
             debug_assert!(self.buffer.is_empty() && self.work.is_empty());
             debug_assert!(!self.end_of_input_emitted, "end of partition arrives once per channel");
+            debug_assert!(self.end_of_data_emitted, "end of data comes before end of input");
             self.end_of_input_emitted = true;
             self.output.push_back(AlignerOutput::EndOfInput);
         }
@@ -535,6 +626,16 @@ impl<T> BarrierAligner<T> {
         if let Some(last) = self.buffer.back() {
             debug_assert!(self.is_blocked(last.channel), "only blocked channels have buffered elements");
         }
+        if self.end_of_data_emitted {
+            debug_assert_eq!(self.watermark, Watermark::MAX);
+            debug_assert!(self.channels.iter().all(Channel::data_over));
+        } else {
+            debug_assert!(!self.channels.iter().all(Channel::data_over), "end of data is output when due");
+        }
+        for c in &self.channels {
+            debug_assert!(!c.data_ended || c.data_end_arrived, "end of data takes effect after it arrives");
+            debug_assert!(!c.finished || c.end_arrived, "end of partition takes effect after it arrives");
+        }
     }
 }
 
@@ -566,6 +667,10 @@ mod tests {
         StreamElement::EndOfPartition
     }
 
+    fn eod() -> StreamElement<u32> {
+        StreamElement::EndOfData
+    }
+
     /// The size a table step charges: 10 bytes per record, 1 byte per event.
     fn size_of(element: &StreamElement<u32>) -> usize {
         match element {
@@ -586,6 +691,7 @@ mod tests {
             AlignerOutput::CheckpointAborted { checkpoint_id, reason: AbortReason::AlignmentBufferFull { bytes } } => {
                 format!("abort {checkpoint_id}: buffer full at {bytes} B")
             }
+            AlignerOutput::EndOfData => "end of data".to_string(),
             AlignerOutput::EndOfInput => "end".to_string(),
         }
     }
@@ -636,7 +742,7 @@ mod tests {
                 channels: 1,
                 config: EO,
                 steps: vec![(0, r(&[1])), (0, b(1)), (0, r(&[2])), (0, eop())],
-                expected: &["ch0 [1]", "cp1", "ch0 [2]", "wm max", "end"],
+                expected: &["ch0 [1]", "cp1", "ch0 [2]", "wm max", "end of data", "end"],
             },
             Case {
                 name: "two channels: each channel's post-barrier records wait for the checkpoint",
@@ -652,7 +758,7 @@ mod tests {
                     (0, eop()),
                     (1, eop()),
                 ],
-                expected: &["ch0 [1]", "ch1 [3]", "cp1", "ch0 [2]", "ch1 [4]", "wm max", "end"],
+                expected: &["ch0 [1]", "ch1 [3]", "cp1", "ch0 [2]", "ch1 [4]", "wm max", "end of data", "end"],
             },
             Case {
                 name: "three channels interleaved: released in arrival order, per channel in order",
@@ -754,16 +860,89 @@ mod tests {
                 channels: 2,
                 config: EO,
                 steps: vec![(0, b(1)), (0, eop()), (1, r(&[1])), (1, b(1)), (1, eop())],
-                expected: &["ch1 [1]", "cp1", "wm max", "end"],
+                expected: &["ch1 [1]", "cp1", "wm max", "end of data", "end"],
             },
             Case {
                 name: "end of input is output once, after the final checkpoint",
                 channels: 2,
                 config: EO,
                 steps: vec![(0, b(5)), (0, eop()), (1, b(5)), (1, eop())],
-                expected: &["cp5", "wm max", "end"],
+                expected: &["cp5", "wm max", "end of data", "end"],
             },
         ]);
+    }
+
+    #[test]
+    fn end_of_data_takes_effect_in_channel_order_and_is_output_once_every_channel_has_ended() {
+        check_cases(vec![
+            Case {
+                name: "every channel's end of data outputs the MAX watermark, then end of data, once",
+                channels: 2,
+                config: EO,
+                steps: vec![
+                    (0, r(&[1])),
+                    (0, eod()),
+                    (1, w(3)),
+                    (1, eod()),
+                    (0, b(1)),
+                    (1, b(1)),
+                    (0, eop()),
+                    (1, eop()),
+                ],
+                expected: &["ch0 [1]", "wm 3", "wm max", "end of data", "cp1", "end"],
+            },
+            Case {
+                name: "a barrier after end of data still blocks and aligns: the final checkpoint follows end of data",
+                channels: 2,
+                config: EO,
+                steps: vec![(0, eod()), (0, b(2)), (1, r(&[5])), (1, eod()), (1, b(2)), (0, eop()), (1, eop())],
+                expected: &["ch1 [5]", "wm max", "end of data", "cp2", "end"],
+            },
+            Case {
+                name: "a blocked channel's end of data waits in the buffer and follows the checkpoint",
+                channels: 2,
+                config: EO,
+                steps: vec![(0, b(1)), (0, eod()), (1, r(&[1])), (1, eod()), (1, b(1)), (0, eop()), (1, eop())],
+                expected: &["ch1 [1]", "cp1", "wm max", "end of data", "end"],
+            },
+            Case {
+                name: "a channel that finishes without end of data has ended its data too",
+                channels: 2,
+                config: EO,
+                steps: vec![(0, eod()), (1, r(&[1])), (1, eop()), (0, eop())],
+                expected: &["ch1 [1]", "wm max", "end of data", "end"],
+            },
+            Case {
+                name: "the last channel finishing outputs end of data before the checkpoint it completes",
+                channels: 2,
+                config: EO,
+                steps: vec![(0, eod()), (0, b(1)), (1, eop()), (0, eop())],
+                expected: &["wm max", "end of data", "cp1", "end"],
+            },
+            Case {
+                name: "a gate whose watermark already is MAX outputs only end of data",
+                channels: 1,
+                config: EO,
+                steps: vec![(0, w(i64::MAX)), (0, eod()), (0, b(1)), (0, eop())],
+                expected: &["wm max", "end of data", "cp1", "end"],
+            },
+            Case {
+                name: "at-least-once: end of data is not held back by a barrier",
+                channels: 2,
+                config: ALO,
+                steps: vec![(0, b(1)), (0, eod()), (1, eod()), (1, b(1)), (0, eop()), (1, eop())],
+                expected: &["wm max", "end of data", "cp1", "end"],
+            },
+        ]);
+        let mut aligner = BarrierAligner::<u32>::new(2, EO);
+        run(&mut aligner, vec![(0, eod())]);
+        assert!(aligner.is_data_ended(ChannelIndex(0)));
+        assert!(!aligner.is_finished(ChannelIndex(0)), "the channel stays open for barriers");
+        assert!(!aligner.is_end_of_data());
+        run(&mut aligner, vec![(0, b(1)), (1, eop())]);
+        assert!(aligner.is_end_of_data() && !aligner.is_end_of_input());
+        assert!(aligner.is_data_ended(ChannelIndex(1)), "a finished channel's data has ended");
+        assert!(!aligner.is_data_ended(ChannelIndex(9)));
     }
 
     #[test]
@@ -891,7 +1070,7 @@ mod tests {
                 channels: 3,
                 config: ALO,
                 steps: vec![(0, b(1)), (1, eop()), (2, r(&[1])), (2, b(1)), (0, eop()), (2, eop())],
-                expected: &["ch2 [1]", "cp1", "wm max", "end"],
+                expected: &["ch2 [1]", "cp1", "wm max", "end of data", "end"],
             },
             Case {
                 name: "a one-channel gate completes at once",
@@ -928,7 +1107,7 @@ mod tests {
                     (0, w(12)),
                     (0, eop()),
                 ],
-                expected: &["wm 3", "wm 5", "wm 7", "wm 9", "wm 12", "wm max", "end"],
+                expected: &["wm 3", "wm 5", "wm 7", "wm 9", "wm 12", "wm max", "end of data", "end"],
             },
             Case {
                 name: "a blocked channel's watermark waits in the buffer",
@@ -1006,6 +1185,34 @@ mod tests {
                 AlignerError::ElementAfterEndOfPartition { channel: ch(0) },
             ),
             (
+                "a record after end of data",
+                EO,
+                vec![(0, eod())],
+                (0, r(&[1])),
+                AlignerError::ElementAfterEndOfData { channel: ch(0) },
+            ),
+            (
+                "a watermark after an end of data that is still buffered",
+                EO,
+                vec![(0, b(1)), (0, eod())],
+                (0, w(1)),
+                AlignerError::ElementAfterEndOfData { channel: ch(0) },
+            ),
+            (
+                "a second end of data",
+                ALO,
+                vec![(1, eod()), (1, b(1))],
+                (1, eod()),
+                AlignerError::ElementAfterEndOfData { channel: ch(1) },
+            ),
+            (
+                "an end of data after end of partition",
+                EO,
+                vec![(0, eop())],
+                (0, eod()),
+                AlignerError::ElementAfterEndOfPartition { channel: ch(0) },
+            ),
+            (
                 "a second end of partition",
                 ALO,
                 vec![(1, eop())],
@@ -1055,11 +1262,17 @@ mod tests {
         Watermark(i64),
     }
 
+    /// One generated channel: its segments of items, whether each barrier between two segments is
+    /// sent, and after which segment its data ends (if it sends an end of data).
+    type ChannelScript = (Vec<Vec<Item>>, Vec<bool>, Option<usize>);
+
     /// One generated gate: per channel, `k + 1` segments of items separated by barriers 1..=k
-    /// (some possibly skipped), then end of partition; and an interleaving schedule.
+    /// (some possibly skipped), maybe an end of data after the items of one segment (the later
+    /// segments' items are then not sent, their barriers are), then end of partition; and an
+    /// interleaving schedule.
     #[derive(Clone, Debug)]
     struct Scenario {
-        channels: Vec<(Vec<Vec<Item>>, Vec<bool>)>,
+        channels: Vec<ChannelScript>,
         schedule: Vec<u32>,
         honour_blocking: bool,
         alignment_buffer_bytes_max: usize,
@@ -1070,16 +1283,25 @@ mod tests {
         barriers: Vec<BTreeSet<u64>>,
         records: BTreeSet<Tag>,
         barrier_ids_max: u64,
+        /// Per channel, the newest barrier sent before its data ended (its end of data, or its end
+        /// of partition without one); 0: none.
+        data_end_last_barrier: Vec<u64>,
     }
 
     impl Scenario {
         fn streams(&self) -> Streams {
-            let mut streams =
-                Streams { elements: Vec::new(), barriers: Vec::new(), records: BTreeSet::new(), barrier_ids_max: 0 };
-            for (channel, (segments, present)) in self.channels.iter().enumerate() {
+            let mut streams = Streams {
+                elements: Vec::new(),
+                barriers: Vec::new(),
+                records: BTreeSet::new(),
+                barrier_ids_max: 0,
+                data_end_last_barrier: Vec::new(),
+            };
+            for (channel, (segments, present, data_end)) in self.channels.iter().enumerate() {
                 let channel = channel as u32;
                 let (mut elements, mut barriers) = (Vec::new(), BTreeSet::new());
                 let (mut seq, mut last_barrier) = (0, 0);
+                let mut data_end_last_barrier = None;
                 for (epoch, segment) in segments.iter().enumerate() {
                     if epoch > 0 && present[epoch - 1] {
                         last_barrier = epoch as u64;
@@ -1087,6 +1309,9 @@ mod tests {
                         let barrier =
                             Barrier { checkpoint_id: CheckpointId(last_barrier), triggered_at_ms: 0, is_final: false };
                         elements.push((StreamElement::Barrier(barrier), 1));
+                    }
+                    if data_end_last_barrier.is_some() {
+                        continue; // data ended: only barriers follow
                     }
                     for item in segment {
                         match item {
@@ -1103,8 +1328,13 @@ mod tests {
                             Item::Watermark(t) => elements.push((StreamElement::Watermark(Watermark(*t)), 1)),
                         }
                     }
+                    if *data_end == Some(epoch) {
+                        data_end_last_barrier = Some(last_barrier);
+                        elements.push((StreamElement::EndOfData, 1));
+                    }
                 }
                 elements.push((StreamElement::EndOfPartition, 1));
+                streams.data_end_last_barrier.push(data_end_last_barrier.unwrap_or(last_barrier));
                 streams.barrier_ids_max = streams.barrier_ids_max.max(segments.len() as u64 - 1);
                 streams.elements.push(elements);
                 streams.barriers.push(barriers);
@@ -1120,8 +1350,11 @@ mod tests {
                 1 => (0i64..20).prop_map(Item::Watermark),
             ];
             let present = if may_skip { prop::bool::weighted(0.8).boxed() } else { Just(true).boxed() };
-            let channel =
-                (prop::collection::vec(prop::collection::vec(item, 0..4), k + 1), prop::collection::vec(present, k));
+            let channel = (
+                prop::collection::vec(prop::collection::vec(item, 0..4), k + 1),
+                prop::collection::vec(present, k),
+                prop::option::weighted(0.7, 0..=k),
+            );
             (
                 prop::collection::vec(channel, n as usize),
                 prop::collection::vec(any::<u32>(), 100),
@@ -1182,7 +1415,8 @@ mod tests {
     }
 
     /// (a) of the brief: every record output before `Checkpoint(n)` was sent before barrier n on
-    /// its channel, and every record output after it was sent after.
+    /// its channel, and every record output after it was sent after. The same for the gate's end
+    /// of data, which is "sent after barrier n" when some channel ended its data after barrier n.
     fn check_consistent_cut(streams: &Streams, outputs: &[AlignerOutput<Tag>]) -> Result<(), String> {
         let checkpoints: Vec<(usize, u64)> = outputs
             .iter()
@@ -1193,6 +1427,18 @@ mod tests {
             })
             .collect();
         for (i, output) in outputs.iter().enumerate() {
+            if let AlignerOutput::EndOfData = output {
+                for &(at, n) in &checkpoints {
+                    let sent_after = (0..streams.barriers.len())
+                        .any(|c| streams.barriers[c].contains(&n) && n <= streams.data_end_last_barrier[c]);
+                    if i < at && sent_after {
+                        return Err(format!("end of data, sent after barrier {n}, was output before cp{n}"));
+                    }
+                    if i > at && !sent_after {
+                        return Err(format!("end of data, sent before barrier {n}, was output after cp{n}"));
+                    }
+                }
+            }
             let AlignerOutput::Records { records, .. } = output else { continue };
             for tag in records {
                 for &(at, n) in &checkpoints {
@@ -1215,7 +1461,12 @@ mod tests {
         let mut last_seq: BTreeMap<u32, u32> = BTreeMap::new();
         let (mut watermark, mut checkpoint) = (Watermark::MIN, None);
         let mut aborted = BTreeSet::new();
+        let mut end_of_data = false;
         for (i, output) in outputs.iter().enumerate() {
+            let is_data = matches!(output, AlignerOutput::Records { .. } | AlignerOutput::Watermark(_));
+            if end_of_data && is_data {
+                return Err(format!("{output:?} was output after end of data"));
+            }
             match output {
                 AlignerOutput::Records { channel, records } => {
                     if records.is_empty() {
@@ -1252,9 +1503,15 @@ mod tests {
                         return Err(format!("{checkpoint_id} aborted twice or after completing"));
                     }
                 }
+                AlignerOutput::EndOfData => {
+                    if end_of_data || watermark != Watermark::MAX {
+                        return Err("end of data output twice, or before the MAX watermark".to_string());
+                    }
+                    end_of_data = true;
+                }
                 AlignerOutput::EndOfInput => {
-                    if i + 1 != outputs.len() {
-                        return Err("end of input was not the last output".to_string());
+                    if i + 1 != outputs.len() || !end_of_data {
+                        return Err("end of input was not the last output, or came before end of data".to_string());
                     }
                 }
             }

@@ -1,5 +1,11 @@
 //! The closed set of things that travel on a channel. The barrier travels in-band, as data,
 //! so it splits each channel's stream into "before checkpoint n" and "after checkpoint n".
+//!
+//! A bounded channel ends in two steps, as in Flink (FLIP-147, its `EndOfData` and
+//! `EndOfPartitionEvent`): [`StreamElement::EndOfData`] says no record or watermark follows, but
+//! barriers still may — the final checkpoint's barrier comes after it, so whatever the consumer
+//! emits when its input ends is inside that checkpoint; [`StreamElement::EndOfPartition`] then
+//! closes the channel.
 
 use crate::ids::CheckpointId;
 use serde::{Deserialize, Serialize};
@@ -49,6 +55,10 @@ pub enum StreamElement<T> {
     Barrier(Barrier),
     /// The producer on this channel has finished; nothing follows.
     EndOfPartition,
+    /// The producer on this channel will send no more records or watermarks; barriers may still
+    /// follow (the final checkpoint's), then [`StreamElement::EndOfPartition`] (Flink's `EndOfData`).
+    // Declared last: the encodings of the older variants stay as they were.
+    EndOfData,
 }
 
 impl<T> StreamElement<T> {
@@ -77,6 +87,7 @@ mod tests {
             StreamElement::Records(vec![("a".into(), 1), ("b".into(), 2)]),
             StreamElement::Watermark(Watermark(42)),
             StreamElement::Barrier(Barrier { checkpoint_id: CheckpointId(3), triggered_at_ms: 900, is_final: false }),
+            StreamElement::EndOfData,
             StreamElement::EndOfPartition,
         ];
         for e in elements {
@@ -91,6 +102,8 @@ mod tests {
         assert_eq!(StreamElement::Records(vec![1, 2, 3]).record_count(), 3);
         assert!(!StreamElement::Records(vec![1]).is_event());
         assert!(StreamElement::<u8>::EndOfPartition.is_event());
+        assert!(StreamElement::<u8>::EndOfData.is_event());
+        assert_eq!(StreamElement::<u8>::EndOfData.record_count(), 0);
         assert_eq!(StreamElement::<u8>::Watermark(Watermark::MAX).record_count(), 0);
     }
 }

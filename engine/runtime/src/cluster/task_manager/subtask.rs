@@ -16,6 +16,16 @@
 //! FLINK-5701), capture keyed and operator state synchronously, forward the barrier on every
 //! output, then write the blobs in a spawned task while processing goes on, and acknowledge
 //! (or decline, if a write failed) to the job manager from that task.
+//!
+//! A bounded input ends as in Flink's FLIP-147 (`StreamTask#endData`): when the chain's input
+//! ends — at a source, its reader reached its stopping offsets; elsewhere, the aligner's
+//! `EndOfData` (every input channel delivered `EndOfData` or finished, after `Watermark::MAX`) —
+//! the subtask runs every operator's `end_of_input` once (their output flows on) and sends
+//! `EndOfData` on every output; a source then tells the job manager. The final checkpoint's
+//! barrier follows `EndOfData` on every channel, so what operators emit at the end of their input
+//! is inside the final checkpoint and its sinks' committed transactions. `EndOfPartition` comes
+//! only after: at a source once a final checkpoint it took part in completed, elsewhere once
+//! every input channel finished (the aligner's `EndOfInput`).
 
 use super::sink_io::SinkIo;
 use super::state_io::{self, CapturedSnapshot};
@@ -144,6 +154,8 @@ struct Task {
     tick: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// A source sent `EndOfInput` to the job manager.
     end_of_input_sent: bool,
+    /// The chain's `end_of_input` ran and `EndOfData` went out on every output (once per attempt).
+    data_ended: bool,
     /// The output channels ended (at a source once a final checkpoint it took part in completed,
     /// elsewhere after the input ended).
     outputs_finished: bool,
@@ -272,6 +284,7 @@ impl Task {
             write_tasks: Vec::new(),
             tick: Box::pin(tokio::time::sleep(Duration::from_millis(PROCESSING_TIME_TICK_MS))),
             end_of_input_sent: false,
+            data_ended: false,
             outputs_finished: false,
             final_barrier: None,
         };
@@ -448,9 +461,10 @@ impl Task {
                 self.decline(checkpoint_id, format!("alignment aborted: {reason:?}"), overtaken_by);
                 Ok(())
             }
+            AlignerOutput::EndOfData => self.end_data().await,
             AlignerOutput::EndOfInput => {
-                self.end_of_input().await?;
-                tracing::info!(event = "end_of_input", attempt = self.attempt.0, subtask = %self.subtask);
+                // The aligner outputs EndOfData first; should it not have, end the data here.
+                self.end_data().await?;
                 self.finish_outputs().await
             }
         }
@@ -474,12 +488,21 @@ impl Task {
         self.broadcast(&ChannelElement::Watermark(w)).await
     }
 
-    async fn end_of_input(&mut self) -> Result<(), String> {
+    /// The chain's input ended: every operator's `end_of_input`, head first (each one's output
+    /// flows through the rest of the chain and out), then `EndOfData` on every output. Once per
+    /// attempt; later calls do nothing.
+    async fn end_data(&mut self) -> Result<(), String> {
+        if self.data_ended {
+            return Ok(());
+        }
+        self.data_ended = true;
         for i in 0..self.ops.len() {
             let out = self.call(i, |op, ctx| op.end_of_input(ctx)).map_err(op_err("end_of_input"))?;
             self.push_chain(i + 1, out).await?;
         }
-        Ok(())
+        tracing::info!(event = "end_of_input", attempt = self.attempt.0, subtask = %self.subtask);
+        debug_assert!(!self.outputs_finished, "end of data goes out before the end of partition");
+        self.broadcast(&ChannelElement::EndOfData).await
     }
 
     /// Routes the chain's output batch over every output edge.
@@ -624,7 +647,8 @@ impl Task {
         self.check_source_end().await
     }
 
-    /// A source at the end of its input: end the chain's input and tell the job manager (once).
+    /// A source at the end of its input: end the chain's input, send `EndOfData`, and only then
+    /// tell the job manager (once), so the final barrier follows `EndOfData` on every channel.
     async fn check_source_end(&mut self) -> Result<(), String> {
         if self.end_of_input_sent || !self.is_source() {
             return Ok(());
@@ -634,8 +658,7 @@ impl Task {
             return Ok(());
         }
         self.end_of_input_sent = true;
-        self.end_of_input().await?;
-        tracing::info!(event = "end_of_input", attempt = self.attempt.0, subtask = %self.subtask);
+        self.end_data().await?;
         let (jm, attempt, subtask) = (self.jm.clone(), self.attempt, self.subtask);
         self.spawn_background(async move {
             call_jm_until_answered(&jm, JmRequest::EndOfInput { attempt, subtask }).await;

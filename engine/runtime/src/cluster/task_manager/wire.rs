@@ -29,6 +29,10 @@ pub enum ChannelElement {
     Barrier(Barrier),
     /// The producer has finished; nothing follows.
     EndOfPartition,
+    /// No record or watermark follows; barriers may, then [`ChannelElement::EndOfPartition`]
+    /// (FLIP-147's `EndOfData`: the final checkpoint's barrier comes after it).
+    // Declared last: the encodings of the older variants stay as they were.
+    EndOfData,
 }
 
 impl ChannelElement {
@@ -42,6 +46,7 @@ impl ChannelElement {
             }
             ChannelElement::Watermark(w) => (StreamElement::Watermark(w), 0),
             ChannelElement::Barrier(b) => (StreamElement::Barrier(b), 0),
+            ChannelElement::EndOfData => (StreamElement::EndOfData, 0),
             ChannelElement::EndOfPartition => (StreamElement::EndOfPartition, 0),
         }
     }
@@ -171,6 +176,7 @@ mod tests {
             (ChannelElement::Records(vec![1, 2, 3]), StreamElement::Records(vec![vec![1, 2, 3]]), 3),
             (ChannelElement::Watermark(Watermark(5)), StreamElement::Watermark(Watermark(5)), 0),
             (ChannelElement::Barrier(barrier), StreamElement::Barrier(barrier), 0),
+            (ChannelElement::EndOfData, StreamElement::EndOfData, 0),
             (ChannelElement::EndOfPartition, StreamElement::EndOfPartition, 0),
         ];
         for (element, want, size) in cases {
