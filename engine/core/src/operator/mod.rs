@@ -10,7 +10,9 @@
 //!    (before any element after barrier `n` is processed);
 //! 4. [`Operator::notify_checkpoint_complete`] / [`Operator::notify_checkpoint_aborted`] when the
 //!    coordinator says so (possibly for an older checkpoint than the last snapshot);
-//! 5. [`Operator::end_of_input`] once, when every input channel has ended.
+//! 5. [`Operator::end_of_input`] once, when every input channel's data has ended (Flink's
+//!    `endInput` on `EndOfData`, FLIP-147): before the final checkpoint's barrier, so what it
+//!    emits is committed by that checkpoint.
 //!
 //! Operators never do I/O. Where an operator needs the outside world (a sink's broker
 //! transactions, a source's fetches), it pushes an [`OperatorCommand`] into its context and the
