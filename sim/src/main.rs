@@ -93,6 +93,21 @@ const EXIT_FAIL: u8 = 1;
 const EXIT_BAD_INPUT: u8 = 2;
 const EXIT_CANNOT_RUN: u8 = 3;
 
+/// Writes to stdout. A closed pipe (`floe list | head`) ends the output quietly — the exit code
+/// still reports the verdict — where `println!` would panic. Returns false once stdout is gone.
+fn out(text: &str) -> bool {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => false,
+        Err(e) => {
+            eprintln!("error: cannot write to stdout: {e}");
+            false
+        }
+    }
+}
+
 fn bad_input(e: ScenarioError) -> ExitCode {
     eprintln!("error: {e}");
     ExitCode::from(EXIT_BAD_INPUT)
@@ -110,9 +125,9 @@ fn main() -> ExitCode {
             match run_seed(&s, seed, overrides.get(), trace.as_deref()) {
                 Ok(report) => {
                     if json {
-                        println!("{}", report.json(false));
+                        out(&format!("{}\n", report.json(false)));
                     } else {
-                        print!("{}", report.text());
+                        out(&report.text());
                     }
                     if report.passed() {
                         ExitCode::SUCCESS
@@ -139,9 +154,9 @@ fn main() -> ExitCode {
             let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let (summary, _) = sweep(&s, &seeds.to_vec(), jobs, overrides.get());
             if json {
-                println!("{}", summary.json(false));
+                out(&format!("{}\n", summary.json(false)));
             } else {
-                print!("{}", summary.text());
+                out(&summary.text());
             }
             if !summary.failed_seeds.is_empty() {
                 ExitCode::from(EXIT_FAIL)
@@ -157,7 +172,9 @@ fn main() -> ExitCode {
             match floe_sim::bench::bench(seeds, jobs) {
                 Ok(lines) => {
                     for l in lines {
-                        println!("{l}");
+                        if !out(&format!("{l}\n")) {
+                            break;
+                        }
                     }
                     ExitCode::SUCCESS
                 }
@@ -176,7 +193,11 @@ fn list() -> ExitCode {
     for path in scenario::catalog_files(&dir) {
         let shown = path.strip_prefix(&dir).unwrap_or(&path).display().to_string();
         match Scenario::load(&path) {
-            Ok(s) => println!("{:<36} {:<12} {:<40} {}", s.name, s.job.name(), shown, s.description),
+            Ok(s) => {
+                if !out(&format!("{:<36} {:<12} {:<40} {}\n", s.name, s.job.name(), shown, s.description)) {
+                    break;
+                }
+            }
             Err(e) => {
                 bad = true;
                 eprintln!("error: {e}");

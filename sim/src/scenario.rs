@@ -1526,21 +1526,32 @@ pub fn catalog_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A catalog scenario by file name (`random-faults`) or by its path in the catalog, with or
+/// without `.toml` (`swarm/random-faults`, as `floe list` shows it).
 fn find_in_catalog(name: &str) -> Option<PathBuf> {
-    catalog_files(&catalog_dir()).into_iter().find(|p| p.file_stem().is_some_and(|s| s == name))
+    let dir = catalog_dir();
+    let wanted = name.strip_suffix(".toml").unwrap_or(name);
+    catalog_files(&dir).into_iter().find(|p| {
+        let in_catalog = p.strip_prefix(&dir).unwrap_or(p).with_extension("");
+        p.file_stem().is_some_and(|s| s == wanted) || in_catalog == Path::new(wanted)
+    })
 }
 
-/// Resolves a command-line argument: an existing path (or one ending in `.toml`), else a
-/// name in the catalog (`scenarios/**/<name>.toml`).
+/// Resolves a command-line argument: an existing path, else a scenario of the catalog by name
+/// or by its path in the catalog (`scenarios/**/<name>.toml`), else a path that does not exist
+/// (and says so).
 pub fn load_arg(arg: &str) -> Result<Scenario, ScenarioError> {
     let path = Path::new(arg);
-    if path.exists() || arg.ends_with(".toml") {
+    if path.exists() {
         return Scenario::load(path);
     }
-    match find_in_catalog(arg) {
-        Some(p) => Scenario::load(&p),
-        None => Err(ScenarioError::NotFound { name: arg.to_string(), dir: catalog_dir().display().to_string() }),
+    if let Some(p) = find_in_catalog(arg) {
+        return Scenario::load(&p);
     }
+    if arg.ends_with(".toml") {
+        return Scenario::load(path);
+    }
+    Err(ScenarioError::NotFound { name: arg.to_string(), dir: catalog_dir().display().to_string() })
 }
 
 #[cfg(test)]

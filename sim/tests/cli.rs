@@ -93,3 +93,33 @@ fn a_run_on_the_cluster_exits_0_when_it_passes_and_1_when_a_control_is_not_caugh
     assert_eq!(json["seeds"], 2);
     assert_eq!(json["failed_seeds"].as_array().map(Vec::len), Some(0));
 }
+
+#[test]
+fn a_catalog_scenario_is_found_by_name_or_by_its_path_in_the_catalog() {
+    for arg in ["word-count-calm", "basic/word-count-calm", "basic/word-count-calm.toml"] {
+        let out = floe(&["run", arg, "--seed", "1"]);
+        assert_eq!(out.status.code(), Some(0), "{arg}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.ends_with("repro     floe run word-count-calm --seed 1\n"), "{arg}:\n{text}");
+    }
+}
+
+#[test]
+fn a_reader_that_stops_early_ends_the_listing_quietly() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_floe"))
+        .arg("list")
+        .current_dir(root)
+        .env_remove("FLOE_SCENARIOS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the floe binary runs");
+    // Hang up before the listing starts (what `floe list | head -0` does; the binary first
+    // reads the catalog, so its first write finds the pipe closed).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
