@@ -112,11 +112,16 @@ impl<A: Key, B: Key> Key for (A, B) {
 
 /// Java's `String.hashCode`: `s[0]*31^(n-1) + ... + s[n-1]` over UTF-16 code units, wrapping.
 pub fn java_string_hash(s: &str) -> i32 {
-    if s.is_ascii() {
-        // Every ASCII byte is one UTF-16 unit of the same value.
-        return s.bytes().fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(unit as i32));
+    // One pass for ASCII (every ASCII byte is one UTF-16 unit of the same value); the first
+    // non-ASCII byte starts over on the UTF-16 units.
+    let mut h = 0i32;
+    for &byte in s.as_bytes() {
+        if !byte.is_ascii() {
+            return s.encode_utf16().fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(unit as i32));
+        }
+        h = h.wrapping_mul(31).wrapping_add(byte as i32);
     }
-    s.encode_utf16().fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(unit as i32))
+    h
 }
 
 /// Java's `Long.hashCode`: `(int) (v ^ (v >>> 32))`.
@@ -157,7 +162,12 @@ fn bit_mix(mut h: u32) -> u32 {
 /// The key group of a key hash (`computeKeyGroupForKeyHash`).
 pub fn key_group_for_hash(java_hash: i32, max_parallelism: u32) -> KeyGroup {
     debug_assert!(max_parallelism > 0);
-    KeyGroup(murmur_hash(java_hash) as u32 % max_parallelism)
+    let hash = murmur_hash(java_hash) as u32;
+    // The default max parallelism is a power of two: a mask instead of a division.
+    if max_parallelism.is_power_of_two() {
+        return KeyGroup(hash & (max_parallelism - 1));
+    }
+    KeyGroup(hash % max_parallelism)
 }
 
 /// How a keyed stream gets each record's key (Flink's `KeySelector`). Every `Fn(&T) -> K`
@@ -426,6 +436,14 @@ mod tests {
                 next = r.end + 1;
             }
             prop_assert_eq!(next, max_p);
+        }
+
+        /// The power-of-two mask is Flink's modulo.
+        #[test]
+        fn a_key_group_is_the_murmur_hash_modulo_max_parallelism(hash in any::<i32>(), max_p in 1u32..=32768, shift in 0u32..=15) {
+            for m in [max_p, 1 << shift] {
+                prop_assert_eq!(key_group_for_hash(hash, m), KeyGroup(murmur_hash(hash) as u32 % m));
+            }
         }
 
         #[test]

@@ -8,7 +8,7 @@
 
 use crate::codec::{self, CodecError};
 use crate::element::Watermark;
-use crate::ids::{CheckpointId, Offset, PartitionId};
+use crate::ids::{CheckpointId, KeyGroup, Offset, PartitionId};
 use crate::key_groups::{key_group_for_key, operator_index_for_key_group, CompactString, Key, KeySelector};
 use crate::operator::source::SourceReader;
 use crate::operator::{Data, Operator, OperatorContext, OperatorError, OperatorResult};
@@ -162,11 +162,27 @@ pub type OperatorFactory = Arc<dyn Fn() -> Box<dyn DynOperator> + Send + Sync>;
 /// Routes one batch: appends `(consumer subtask, sub-batch)` pairs.
 type RouteFn = Arc<dyn Fn(AnyBatch, &Partitioner, u32, &mut RouteState, &mut Vec<(u32, AnyBatch)>) -> Result<(), OperatorError> + Send + Sync>;
 
-/// Per-writer routing state (the rebalance cursor).
+/// Per-writer routing state (the rebalance cursor, the hash partitioner's target table).
 #[derive(Clone, Debug, Default)]
 pub struct RouteState {
     /// The next consumer for round robin.
     pub next: u32,
+    /// For hash partitioning: each key group's consumer subtask, for the `(max parallelism,
+    /// targets)` it was built for (at most `UPPER_BOUND_MAX_PARALLELISM` entries).
+    targets_by_key_group: Option<((u32, u32), Vec<u32>)>,
+}
+
+impl RouteState {
+    /// Each key group's consumer subtask out of `targets` (built once, then looked up per record
+    /// instead of divided out).
+    fn targets_by_key_group(&mut self, max_parallelism: u32, targets: u32) -> &[u32] {
+        let shape = (max_parallelism, targets);
+        if self.targets_by_key_group.as_ref().is_none_or(|(built_for, _)| *built_for != shape) {
+            let table = (0..max_parallelism).map(|kg| operator_index_for_key_group(max_parallelism, targets, KeyGroup(kg)).0).collect();
+            self.targets_by_key_group = Some((shape, table));
+        }
+        self.targets_by_key_group.as_ref().map_or(&[], |(_, table)| table)
+    }
 }
 
 /// Everything a host needs to move batches of one edge's record type.
@@ -279,11 +295,11 @@ impl EdgeFns {
             // Sized for an even spread (an uneven one grows its part as usual).
             let part_capacity = batch.len().div_ceil(targets.max(1) as usize);
             let mut parts: Vec<Vec<T>> = (0..targets).map(|_| Vec::with_capacity(part_capacity)).collect();
+            let target_of = state.targets_by_key_group(max_parallelism, targets);
             let mut scratch = None;
             for record in batch {
                 let kg = key_group_for_key(selector.key_of(&record, &mut scratch), max_parallelism);
-                let target = operator_index_for_key_group(max_parallelism, targets, kg);
-                parts[target.0 as usize].push(record);
+                parts[target_of[kg.0 as usize] as usize].push(record);
             }
             out.extend(parts.into_iter().enumerate().filter(|(_, p)| !p.is_empty()).map(|(t, p)| (t as u32, Box::new(p) as AnyBatch)));
             Ok(())
@@ -361,6 +377,25 @@ mod tests {
         assert_eq!(routed(&plain, words(&["a", "b", "c"]), Partitioner::Rebalance, 2), vec![(0, words(&["a", "c"])), (1, words(&["b"]))]);
         assert_eq!(routed(&plain, words(&["a"]), Partitioner::Broadcast, 3), vec![(0, words(&["a"])), (1, words(&["a"])), (2, words(&["a"]))]);
         assert_eq!(routed(&plain, words(&["a", "b"]), Partitioner::Forward, 1), vec![(0, words(&["a", "b"]))]);
+    }
+
+    #[test]
+    fn one_route_state_reused_across_shapes_routes_like_a_fresh_one() {
+        let keyed = EdgeFns::keyed_by::<String, String, _>(crate::key_groups::RecordIsKey);
+        let input: Vec<String> = (0..200).map(|i| format!("w{i}")).collect();
+        let mut reused = RouteState::default();
+        for (max_parallelism, targets) in [(128, 7), (128, 13), (4096, 13), (128, 7), (10, 3)] {
+            let hash = Partitioner::Hash { max_parallelism };
+            let mut out = Vec::new();
+            keyed.route(Box::new(input.clone()), &hash, targets, &mut reused, &mut out).unwrap();
+            let got: Vec<(u32, Vec<String>)> = out.into_iter().map(|(t, b)| (t, *b.downcast::<Vec<String>>().unwrap())).collect();
+            assert_eq!(got, routed(&keyed, input.clone(), hash, targets), "max parallelism {max_parallelism}, {targets} targets");
+            for (t, batch) in &got {
+                for w in batch {
+                    assert_eq!(operator_index_for_key_group(max_parallelism, targets, key_group_for_key(w, max_parallelism)).0, *t);
+                }
+            }
+        }
     }
 
     #[test]

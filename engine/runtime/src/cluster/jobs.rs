@@ -211,7 +211,10 @@ fn lower_case_word(word: &str) -> Word {
 fn ascii_lower_case_word(word: &str) -> Word {
     debug_assert!(word.is_ascii());
     let mut w = Word::new(word);
-    w.make_ascii_lowercase();
+    // Most words are lower case already: a scan is cheaper than a write through `DerefMut`.
+    if word.bytes().any(|b| b.is_ascii_uppercase()) {
+        w.make_ascii_lowercase();
+    }
     w
 }
 
