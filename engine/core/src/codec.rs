@@ -137,13 +137,20 @@ pub fn str_batch_from_bytes<S: for<'a> From<&'a str>>(bytes: &[u8]) -> Result<Ve
     let count = read_varint(bytes, &mut pos)?;
     let remaining = bytes.len() - pos;
     let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(usize::MAX).min(remaining));
+    // One validation pass over the whole batch: when it is UTF-8 (it is whenever every length
+    // is below 128, as for words), a string between two char boundaries is too, and slicing
+    // checks only its two ends. Otherwise each string is validated on its own.
+    let whole = std::str::from_utf8(bytes).ok();
     for _ in 0..count {
         let len = read_varint(bytes, &mut pos)?;
         let end = usize::try_from(len).ok().and_then(|len| pos.checked_add(len)).filter(|end| *end <= bytes.len());
         let Some(end) = end else {
             return Err(CodecError::Decode(format!("a string of {len} bytes at byte {pos} of {}", bytes.len())));
         };
-        let s = std::str::from_utf8(&bytes[pos..end]).map_err(|e| CodecError::Decode(format!("a string at byte {pos} is not UTF-8: {e}")))?;
+        let s = match whole.and_then(|text| text.get(pos..end)) {
+            Some(s) => s,
+            None => std::str::from_utf8(&bytes[pos..end]).map_err(|e| CodecError::Decode(format!("a string at byte {pos} is not UTF-8: {e}")))?,
+        };
         out.push(S::from(s));
         pos = end;
     }
@@ -177,7 +184,17 @@ pub fn varint_bytes(v: u64) -> usize {
 
 /// Appends `v` in bincode's varint encoding (floe's [`config`]): below 251 one byte; else a
 /// marker byte (251, 252, 253) and the value as a little-endian u16, u32 or u64.
+#[inline]
 pub fn put_varint(out: &mut Vec<u8>, v: u64) {
+    // The one-byte case inline at every caller (string lengths, counts); the rest out of line.
+    if v <= 250 {
+        out.push(v as u8);
+    } else {
+        put_wide_varint(out, v);
+    }
+}
+
+fn put_wide_varint(out: &mut Vec<u8>, v: u64) {
     match v {
         0..=250 => out.push(v as u8),
         251..=0xFFFF => {
@@ -197,6 +214,7 @@ pub fn put_varint(out: &mut Vec<u8>, v: u64) {
 
 /// Reads one unsigned varint in bincode's encoding (below 251: the byte; 251, 252, 253: a
 /// little-endian u16, u32, u64 follows) at `pos`, advancing it.
+#[inline]
 fn read_varint(bytes: &[u8], pos: &mut usize) -> Result<u64, CodecError> {
     let take = |pos: &mut usize, n: usize| -> Result<u64, CodecError> {
         let start = *pos + 1;
@@ -422,9 +440,12 @@ mod tests {
         let huge_count = vec![253u8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
         let huge_len = vec![1u8, 253, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
         let bad_marker = vec![255u8];
-        let cases: Vec<Vec<u8>> = vec![vec![], good[..good.len() - 1].to_vec(), trailing, not_utf8, huge_count, huge_len, bad_marker, vec![251, 1]];
+        // The whole batch is UTF-8 ("\x01\x01ö"), but its one string ends inside the "ö".
+        let cut_char = vec![1u8, 1, 0xC3, 0xB6];
+        let cases: Vec<Vec<u8>> = vec![vec![], good[..good.len() - 1].to_vec(), trailing, not_utf8, huge_count, huge_len, bad_marker, vec![251, 1], cut_char];
         for bytes in cases {
             assert!(strings_from_bytes(&bytes).is_err(), "{bytes:?}");
+            assert!(str_batch_from_bytes::<crate::key_groups::CompactString>(&bytes).is_err(), "{bytes:?}");
             assert!(from_bytes::<Vec<String>>(&bytes).is_err(), "{bytes:?}");
         }
         // Non-minimal varints (a wide form of a small number): both decoders agree.
