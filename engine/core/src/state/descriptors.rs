@@ -7,7 +7,7 @@
 //! are the same, as in Flink: a list or map that becomes empty is removed, and reads of an
 //! absent entry give `None` / an empty collection.
 
-use super::backend::{KeyedStateBackend, StateId, StateKind};
+use super::backend::{KeyedStateBackend, StateId, StateKind, ValueBatch};
 use super::{StateData, StateError};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -88,6 +88,12 @@ impl<V: StateData> ValueState<V> {
     /// Removes the current value.
     pub fn clear(&self, backend: &mut KeyedStateBackend) {
         backend.remove(self.id);
+    }
+
+    /// Read-modify-writes for a run of keys at once (see [`ValueBatch`]): a batch of records
+    /// updates this state without setting each record's key as the current key.
+    pub fn batch<'b>(&self, backend: &'b mut KeyedStateBackend) -> ValueBatch<'b, V> {
+        ValueBatch::new(backend, self.id)
     }
 }
 

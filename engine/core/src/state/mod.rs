@@ -79,7 +79,7 @@ pub mod operator_state;
 pub mod snapshot;
 pub mod timers;
 
-pub use backend::{KeyedStateBackend, StateKind};
+pub use backend::{KeyedStateBackend, StateKind, ValueBatch};
 pub use descriptors::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState, ListStateDescriptor, MapState,
     MapStateDescriptor, ReducingState, ReducingStateDescriptor, ValueState, ValueStateDescriptor,
