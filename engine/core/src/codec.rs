@@ -137,17 +137,18 @@ pub fn str_batch_from_bytes<S: for<'a> From<&'a str>>(bytes: &[u8]) -> Result<Ve
     let count = read_varint(bytes, &mut pos)?;
     let remaining = bytes.len() - pos;
     let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(usize::MAX).min(remaining));
-    // One validation pass over the whole batch: when it is UTF-8 (it is whenever every length
-    // is below 128, as for words), a string between two char boundaries is too, and slicing
-    // checks only its two ends. Otherwise each string is validated on its own.
-    let whole = std::str::from_utf8(bytes).ok();
+    // One validation pass over the batch after its count: when that is UTF-8 (it is whenever
+    // every length is below 128, as for words), a string between two char boundaries is too, and
+    // slicing checks only its two ends. Otherwise each string is validated on its own.
+    let strings_start = pos;
+    let whole = std::str::from_utf8(&bytes[strings_start..]).ok();
     for _ in 0..count {
         let len = read_varint(bytes, &mut pos)?;
         let end = usize::try_from(len).ok().and_then(|len| pos.checked_add(len)).filter(|end| *end <= bytes.len());
         let Some(end) = end else {
             return Err(CodecError::Decode(format!("a string of {len} bytes at byte {pos} of {}", bytes.len())));
         };
-        let s = match whole.and_then(|text| text.get(pos..end)) {
+        let s = match whole.and_then(|text| text.get(pos - strings_start..end - strings_start)) {
             Some(s) => s,
             None => std::str::from_utf8(&bytes[pos..end]).map_err(|e| CodecError::Decode(format!("a string at byte {pos} is not UTF-8: {e}")))?,
         };
@@ -416,6 +417,7 @@ mod tests {
             vec![String::new()],
             vec!["a".into(), "wörd".into(), "y".repeat(250), "y".repeat(251), "z".repeat(0xFFFF), "z".repeat(0x1_0000)],
             (0..300).map(|i| format!("w{i}")).collect(),
+            (0..300).map(|i| format!("wörd{i}")).chain(["x".repeat(127), "y".repeat(128)]).collect(),
         ];
         for strings in cases {
             let bytes = to_bytes(&strings).unwrap();
