@@ -67,6 +67,12 @@ pub enum FrameError {
 /// Appends one frame carrying `msg` to `out`. On error `out` is left as it was.
 pub fn encode_frame<T: Serialize + ?Sized>(msg: &T, out: &mut Vec<u8>) -> Result<(), FrameError> {
     let start = out.len();
+    // Reserve the frame's exact size first (a pass that only counts bytes: cheap, and a batch of
+    // records is one byte string): a big frame grown from empty was copied at every doubling.
+    let mut size = bincode::enc::write::SizeWriter::default();
+    if bincode::serde::encode_into_writer(msg, &mut size, floe_core::codec::config()).is_ok() {
+        out.reserve(FRAME_HEADER_BYTES + size.bytes_written.min(FRAME_BYTES_MAX));
+    }
     out.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
     // Encode straight into `out` with floe's configuration: the same bytes as `codec::to_bytes`.
     if let Err(e) = bincode::serde::encode_into_std_write(msg, out, floe_core::codec::config()) {
