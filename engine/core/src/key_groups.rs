@@ -34,16 +34,21 @@ pub trait Key: Clone + Eq + Ord + Debug + Serialize + DeserializeOwned + Send + 
     }
 }
 
+/// A string key's bytes: a varint length, then the bytes (bincode's encoding of a string),
+/// without serde.
+fn encode_str_key(s: &str, out: &mut Vec<u8>) -> Result<(), crate::codec::CodecError> {
+    crate::codec::put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
 impl Key for String {
     fn java_hash_code(&self) -> i32 {
         java_string_hash(self)
     }
 
-    /// A varint length, then the bytes (bincode's encoding of a string), without serde.
     fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), crate::codec::CodecError> {
-        crate::codec::put_varint(out, self.len() as u64);
-        out.extend_from_slice(self.as_bytes());
-        Ok(())
+        encode_str_key(self, out)
     }
 }
 
@@ -58,11 +63,9 @@ impl Key for CompactString {
         java_string_hash(self)
     }
 
-    /// A varint length, then the bytes: exactly a `String`'s encoding.
+    /// Exactly a `String`'s encoding.
     fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), crate::codec::CodecError> {
-        crate::codec::put_varint(out, self.len() as u64);
-        out.extend_from_slice(self.as_bytes());
-        Ok(())
+        encode_str_key(self, out)
     }
 }
 

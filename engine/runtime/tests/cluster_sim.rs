@@ -7,7 +7,10 @@
 //! command that reruns it (`FLOE_SEED=N cargo test -p floe-runtime --test cluster_sim <name>`).
 #![cfg(madsim)]
 
-use floe_runtime::cluster::jobs::{decode_bucket_record, decode_word_count, words, JobRegistry, JobSpec, BUCKETS};
+mod common;
+
+use common::{check_word_count, expected_counts};
+use floe_runtime::cluster::jobs::{decode_bucket_record, JobRegistry, JobSpec, BUCKETS};
 use floe_runtime::cluster::protocol::{JobState, JobStatusReport};
 use floe_runtime::cluster::sim::{ClusterNode, SimCluster, SimClusterConfig, simulate, test_seeds};
 use floe_runtime::disk::TornTail;
@@ -42,34 +45,6 @@ fn input_lines(seed: u64, lines: usize) -> Vec<String> {
 }
 
 /// How often each word occurs in the input: counted here, without engine code.
-fn expected_counts(lines: &[String]) -> BTreeMap<String, u64> {
-    let mut counts = BTreeMap::new();
-    for line in lines {
-        for w in words(line) {
-            *counts.entry(w).or_insert(0) += 1;
-        }
-    }
-    counts
-}
-
-/// Checks the word count's committed output: for each word `w` seen `n` times, exactly
-/// `(w,1), …, (w,n)` in order within its partition, and nothing else.
-fn check_word_count(output: &[Vec<Vec<u8>>], expected: &BTreeMap<String, u64>) {
-    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
-    for (p, partition) in output.iter().enumerate() {
-        for (offset, bytes) in partition.iter().enumerate() {
-            let (word, count) = decode_word_count(bytes).unwrap_or_else(|e| panic!("partition {p} offset {offset}: undecodable record: {e}"));
-            let last = seen.entry(word.clone()).or_insert(0);
-            assert_eq!(count, *last + 1, "partition {p} offset {offset}: ({word}, {count}) follows ({word}, {last}): lost or duplicated");
-            *last = count;
-        }
-    }
-    for (word, n) in expected {
-        assert_eq!(seen.get(word), Some(n), "word {word}: committed up to {:?}, input has {n}", seen.get(word));
-    }
-    assert_eq!(seen.len(), expected.len(), "committed words that are not in the input: {:?}", seen.keys().filter(|w| !expected.contains_key(*w)).collect::<Vec<_>>());
-}
-
 /// Checks the two-shuffle job: every `(w, k)` for `k in 1..=n_w` exactly once, in bucket
 /// `k % BUCKETS`, and per bucket the running sums go up by exactly each record's count.
 fn check_two_shuffle(output: &[Vec<Vec<u8>>], expected: &BTreeMap<String, u64>) {

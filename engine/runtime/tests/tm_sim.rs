@@ -14,7 +14,10 @@ use floe_core::ids::{AttemptId, CheckpointId, Offset, OperatorId, PartitionId, S
 use floe_runtime::cluster::sim::{simulate, test_seeds};
 use floe_runtime::blob::{run_blob_server, BlobFaults};
 use floe_runtime::broker::{run_broker_server, BrokerClient, BrokerConfig, IsolationLevel, Producer, Record, RetryPolicy};
-use floe_runtime::cluster::jobs::{decode_word_count, words, JobRegistry, JobSpec};
+mod common;
+
+use common::{check_word_count, expected_counts};
+use floe_runtime::cluster::jobs::{JobRegistry, JobSpec};
 use floe_runtime::cluster::protocol::{JmRequest, JmResponse, SubtaskDeployment, TmRequest, TmResponse};
 use floe_runtime::cluster::task_manager::{run_task_manager, TaskManagerConfig};
 use floe_runtime::cluster::{JM_RPC_PORT, TM_DATA_PORT, TM_RPC_PORT};
@@ -61,30 +64,6 @@ fn input_lines(seed: u64, n: usize) -> Vec<String> {
         x
     };
     (0..n).map(|_| (0..1 + next() % 6).map(|_| format!("W{}", next() % 40)).collect::<Vec<_>>().join(", ")).collect()
-}
-
-fn expected_counts(lines: &[String]) -> BTreeMap<String, u64> {
-    let mut counts = BTreeMap::new();
-    for line in lines {
-        for w in words(line) {
-            *counts.entry(w).or_insert(0) += 1;
-        }
-    }
-    counts
-}
-
-/// For each word `w` seen `n` times: exactly `(w,1), …, (w,n)`, in order, and nothing else.
-fn check_word_count(output: &[Vec<Vec<u8>>], expected: &BTreeMap<String, u64>) {
-    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
-    for (p, partition) in output.iter().enumerate() {
-        for (offset, bytes) in partition.iter().enumerate() {
-            let (word, count) = decode_word_count(bytes).expect("decodable");
-            let last = seen.entry(word.clone()).or_insert(0);
-            assert_eq!(count, *last + 1, "partition {p} offset {offset}: ({word}, {count}) after ({word}, {last})");
-            *last = count;
-        }
-    }
-    assert_eq!(&seen, expected, "committed counts differ from the input's");
 }
 
 /// What the stand-in job manager has heard.
