@@ -251,17 +251,9 @@ impl KeyedStateBackend {
     /// Sets the current key, or says why not. On error there is no current key.
     pub fn try_set_current_key<K: Key>(&mut self, key: &K) -> Result<(), StateError> {
         self.cursor.kg_index = None;
-        let key_group = key_group_for_key(key, self.max_parallelism);
-        if !self.range.contains(key_group) {
-            return Err(StateError::KeyGroupOutOfRange { key_group, range: self.range });
-        }
-        let buf = &mut self.cursor.buf;
-        buf.clear();
-        // Same bytes as `codec::to_bytes(key)`, into the reused buffer.
-        key.encode_into(buf).map_err(StateError::Encode)?;
-        self.cursor.key_len = buf.len();
-        buf.extend_from_slice(&self.namespace);
-        self.cursor.kg_index = Some((key_group.0 - self.range.start) as usize);
+        let index = key_group_index(key, self.max_parallelism, self.range)?;
+        self.cursor.key_len = encode_composite(key, &self.namespace, &mut self.cursor.buf)?;
+        self.cursor.kg_index = Some(index);
         Ok(())
     }
 
@@ -458,11 +450,7 @@ impl KeyedStateBackend {
         self.check_handle::<T>(id);
         let index = self.current_index();
         let kg = unshare(&mut self.key_groups[index], &mut self.key_group_copies);
-        if kg.tables.len() <= id {
-            kg.tables.resize_with(id + 1, || None);
-        }
-        let table = kg.tables[id].get_or_insert_with(new_table::<T>);
-        (downcast_table_mut::<T>(&mut **table), &self.cursor.buf[..], self.cursor.key_len as u32)
+        (typed_table_mut::<T>(kg, id), &self.cursor.buf[..], self.cursor.key_len as u32)
     }
 
     /// The current key's value in state `id`, inserted with `init` if absent (two lookups on a
@@ -484,13 +472,7 @@ impl KeyedStateBackend {
         f: impl FnOnce(&mut T) -> R,
     ) -> R {
         let (table, buf, key_len) = self.current_table_mut::<T>(id);
-        if let Some(slot) = table.get_mut(buf) {
-            return f(&mut slot.value);
-        }
-        let mut value = init();
-        let result = f(&mut value);
-        table.insert(TableKey::from_slice(buf), Slot { key_len, value });
-        result
+        upsert(table, buf, key_len, init, f)
     }
 
     /// Sets the current key's value in state `id`: one lookup, no allocation on a hit.
@@ -577,39 +559,16 @@ impl<'b, V: StateData> ValueBatch<'b, V> {
     /// returns; an error (and nothing changed) if `key`'s key group is not this backend's.
     pub fn update_with<K: Key, R>(&mut self, key: &K, init: impl FnOnce() -> V, f: impl FnOnce(&mut V) -> R) -> Result<R, StateError> {
         self.last = Some(None);
-        let key_group = key_group_for_key(key, self.max_parallelism);
-        if !self.range.contains(key_group) {
-            return Err(StateError::KeyGroupOutOfRange { key_group, range: self.range });
-        }
-        let index = (key_group.0 - self.range.start) as usize;
-        self.buf.clear();
-        key.encode_into(&mut self.buf).map_err(StateError::Encode)?;
-        self.key_len = self.buf.len();
-        self.buf.extend_from_slice(self.namespace);
+        let index = key_group_index(key, self.max_parallelism, self.range)?;
+        self.key_len = encode_composite(key, self.namespace, &mut self.buf)?;
         self.last = Some(Some(index));
         if self.tables[index].is_none() {
+            assert!(self.registered, "a state handle was used with a backend that did not register it");
             let slot = self.untouched[index].take().expect("a key group's table is resolved once");
-            let kg = unshare(slot, self.copies);
-            if kg.tables.len() <= self.id {
-                kg.tables.resize_with(self.id + 1, || None);
-            }
-            let table = match &mut kg.tables[self.id] {
-                Some(table) => table,
-                none => {
-                    assert!(self.registered, "a state handle was used with a backend that did not register it");
-                    none.insert(new_table::<V>())
-                }
-            };
-            self.tables[index] = Some(downcast_table_mut::<V>(&mut **table));
+            self.tables[index] = Some(typed_table_mut::<V>(unshare(slot, self.copies), self.id));
         }
         let table = self.tables[index].as_deref_mut().expect("resolved above");
-        if let Some(slot) = table.get_mut(&self.buf[..]) {
-            return Ok(f(&mut slot.value));
-        }
-        let mut value = init();
-        let result = f(&mut value);
-        table.insert(TableKey::from_slice(&self.buf), Slot { key_len: self.key_len as u32, value });
-        Ok(result)
+        Ok(upsert(table, &self.buf, self.key_len as u32, init, f))
     }
 }
 
@@ -626,6 +585,46 @@ impl<V> Drop for ValueBatch<'_, V> {
             }
         }
     }
+}
+
+/// `key`'s key group, as an index into a backend's key groups for `range`; an error if the key
+/// group lies outside `range` (the record was routed to the wrong subtask).
+fn key_group_index<K: Key>(key: &K, max_parallelism: u32, range: KeyGroupRange) -> Result<usize, StateError> {
+    let key_group = key_group_for_key(key, max_parallelism);
+    if !range.contains(key_group) {
+        return Err(StateError::KeyGroupOutOfRange { key_group, range });
+    }
+    Ok((key_group.0 - range.start) as usize)
+}
+
+/// Writes `key ++ namespace` into the reused `buf` (the key's bytes are exactly
+/// `codec::to_bytes(key)`); returns the key's length.
+fn encode_composite<K: Key>(key: &K, namespace: &[u8], buf: &mut Vec<u8>) -> Result<usize, StateError> {
+    buf.clear();
+    key.encode_into(buf).map_err(StateError::Encode)?;
+    let key_len = buf.len();
+    buf.extend_from_slice(namespace);
+    Ok(key_len)
+}
+
+/// State `id`'s table in `kg`, created empty on first use.
+fn typed_table_mut<T: StateData>(kg: &mut KeyGroupState, id: StateId) -> &mut TypedTable<T> {
+    if kg.tables.len() <= id {
+        kg.tables.resize_with(id + 1, || None);
+    }
+    downcast_table_mut::<T>(&mut **kg.tables[id].get_or_insert_with(new_table::<T>))
+}
+
+/// Applies `f` to the entry under `composite`, inserting `init()` first if absent: one lookup on
+/// a hit, no allocation.
+fn upsert<T, R>(table: &mut TypedTable<T>, composite: &[u8], key_len: u32, init: impl FnOnce() -> T, f: impl FnOnce(&mut T) -> R) -> R {
+    if let Some(slot) = table.get_mut(composite) {
+        return f(&mut slot.value);
+    }
+    let mut value = init();
+    let result = f(&mut value);
+    table.insert(TableKey::from_slice(composite), Slot { key_len, value });
+    result
 }
 
 /// The key group behind `slot`, unshared: copied first (and counted) if a snapshot holds it.
