@@ -4,7 +4,9 @@
 //! records per second measured in the same process (the same input through
 //! [`crate::oracle::expected_output`]: the floor of what judging costs).
 //!
-//! Wall times are measured outside the simulated runtime (inside it, `Instant` is virtual).
+//! Wall times are measured outside the simulated runtime (inside it, `Instant` is virtual). The
+//! one-run figures are the best of [`BIG_RUN_REPEATS`] runs of the same seed in this process (the
+//! first pays for a cold allocator and cold caches); every run's wall time is printed beside them.
 
 use crate::oracle::{expected_output, JobKind};
 use crate::run::{run_seed, sweep, SimError};
@@ -33,6 +35,9 @@ rate_per_sec = 1.0
 window_ms = [300, 3000]
 duration_ms = [50, 500]
 "#;
+
+/// How many times the one-run benchmark runs; its figures are the fastest run's.
+pub const BIG_RUN_REPEATS: usize = 3;
 
 /// The sweep benchmark: the small faulty scenario of the sweep tests.
 pub const SMALL_SWEEP: &str = r#"
@@ -68,16 +73,27 @@ fn oracle_lines_per_sec(scenario: &Scenario, seed: u64) -> f64 {
 pub fn bench(seeds: u64, jobs: usize) -> Result<Vec<String>, SimError> {
     let mut out = Vec::new();
     let big = Scenario::parse("bench-100k.toml", BIG_RUN).map_err(|e| SimError::Panicked { seed: 0, message: e.to_string() })?;
-    let report = run_seed(&big, 1, Overrides::default(), None)?;
+    let mut runs = Vec::with_capacity(BIG_RUN_REPEATS);
+    for _ in 0..BIG_RUN_REPEATS {
+        runs.push(run_seed(&big, 1, Overrides::default(), None)?);
+    }
+    let walls: Vec<f64> = runs.iter().map(|r| r.wall_secs).collect();
+    // The same seed must give the same run every time: a benchmark of a non-deterministic
+    // simulator would measure nothing repeatable.
+    let same_trace = runs.windows(2).all(|w| w[0].trace_hash == w[1].trace_hash);
+    let report = runs.into_iter().min_by(|a, b| a.wall_secs.total_cmp(&b.wall_secs)).expect("BIG_RUN_REPEATS > 0");
     out.push(
         json!({
             "bench": "run_100k_faulty",
             "verdict": report.verdict,
+            "trace_hash": report.trace_hash,
+            "same_trace_each_run": same_trace,
             "records_in": report.records_in,
             "committed_out": report.committed_out,
             "faults": report.faults,
             "restarts": report.restarts,
             "wall_secs": report.wall_secs,
+            "wall_secs_each_run": walls,
             "sim_secs": report.sim_secs,
             "sim_records_per_wall_sec": report.records_in as f64 / report.wall_secs.max(1e-9),
             "sim_secs_per_wall_sec": report.sim_secs / report.wall_secs.max(1e-9),
