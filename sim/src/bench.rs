@@ -9,7 +9,10 @@
 //! first pays for a cold allocator and cold caches); every run's wall time is printed beside them.
 
 use crate::oracle::{expected_output, JobKind};
-use crate::run::{run_seed, sweep, SimError};
+use crate::record::RunRecord;
+use crate::run::{run_seed_with, run_world, sweep, SimError};
+use crate::scenario::WorldConfig;
+use std::sync::atomic::{AtomicU64, Ordering};
 use crate::scenario::{generate_lines, split_round_robin, Overrides, Scenario};
 use serde_json::json;
 
@@ -56,6 +59,25 @@ window_ms = [200, 2000]
 duration_ms = [50, 800]
 "#;
 
+/// CPU time the calling thread has run, in nanoseconds (Linux's `/proc/thread-self/schedstat`);
+/// 0 where that is not available. A world runs on one thread, so its CPU time is a steadier
+/// figure than its wall time on a shared machine.
+fn thread_cpu_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    stat.split_whitespace().next().and_then(|ns| ns.parse().ok()).unwrap_or(0)
+}
+
+/// The world thread's CPU time of the last [`run_world_timed`], in nanoseconds.
+static LAST_WORLD_CPU_NS: AtomicU64 = AtomicU64::new(0);
+
+/// [`run_world`], noting the CPU time its thread spent in [`LAST_WORLD_CPU_NS`].
+fn run_world_timed(world: &WorldConfig) -> Result<RunRecord, SimError> {
+    let started = thread_cpu_ns();
+    let record = run_world(world);
+    LAST_WORLD_CPU_NS.store(thread_cpu_ns().saturating_sub(started), Ordering::Relaxed);
+    record
+}
+
 /// The oracle's sequential speed on a scenario's seed-`seed` input: input lines per second.
 fn oracle_lines_per_sec(scenario: &Scenario, seed: u64) -> f64 {
     let world = scenario.resolve(seed, Overrides::default());
@@ -74,8 +96,10 @@ pub fn bench(seeds: u64, jobs: usize) -> Result<Vec<String>, SimError> {
     let mut out = Vec::new();
     let big = Scenario::parse("bench-100k.toml", BIG_RUN).map_err(|e| SimError::Panicked { seed: 0, message: e.to_string() })?;
     let mut runs = Vec::with_capacity(BIG_RUN_REPEATS);
+    let mut cpus = Vec::with_capacity(BIG_RUN_REPEATS);
     for _ in 0..BIG_RUN_REPEATS {
-        runs.push(run_seed(&big, 1, Overrides::default(), None)?);
+        runs.push(run_seed_with(&big, 1, Overrides::default(), None, run_world_timed)?);
+        cpus.push(LAST_WORLD_CPU_NS.load(Ordering::Relaxed) as f64 / 1e9);
     }
     let walls: Vec<f64> = runs.iter().map(|r| r.wall_secs).collect();
     // The same seed must give the same run every time: a benchmark of a non-deterministic
@@ -94,6 +118,7 @@ pub fn bench(seeds: u64, jobs: usize) -> Result<Vec<String>, SimError> {
             "restarts": report.restarts,
             "wall_secs": report.wall_secs,
             "wall_secs_each_run": walls,
+            "world_cpu_secs_each_run": cpus,
             "sim_secs": report.sim_secs,
             "sim_records_per_wall_sec": report.records_in as f64 / report.wall_secs.max(1e-9),
             "sim_secs_per_wall_sec": report.sim_secs / report.wall_secs.max(1e-9),
