@@ -10,7 +10,7 @@
 
 use crate::oracle::{expected_output, JobKind};
 use crate::run::{run_seed, sweep, SimError};
-use crate::scenario::{generate_lines, split_round_robin, Overrides, Scenario};
+use crate::scenario::{generate_partitioned, Overrides, Scenario};
 use serde_json::json;
 
 /// The one-run benchmark: 100k input lines, random faults.
@@ -59,7 +59,7 @@ duration_ms = [50, 800]
 /// The oracle's sequential speed on a scenario's seed-`seed` input: input lines per second.
 fn oracle_lines_per_sec(scenario: &Scenario, seed: u64) -> f64 {
     let world = scenario.resolve(seed, Overrides::default());
-    let input = split_round_robin(generate_lines(&world.workload, seed), world.workload.partitions);
+    let input = generate_partitioned(&world.workload, seed, world.workload.partitions);
     let lines: usize = input.iter().map(Vec::len).sum();
     #[allow(clippy::disallowed_methods, reason = "a wall-clock benchmark, outside the runtime")]
     let started = std::time::Instant::now();

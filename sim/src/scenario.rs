@@ -1480,13 +1480,25 @@ impl Zipf {
         lo + self.cumulative[lo..hi].partition_point(|c| *c < x)
     }
 
-    /// The rank drawn by `u` in `[0, 1)`.
-    fn rank(&self, u: f64) -> usize {
+    /// The rank the guide table gives for `u` in `[0, 1)` (unchecked): `guide[j]` when bucket
+    /// `j` holds one rank, else a search of `guide[j] ..= guide[j + 1]`.
+    fn guided(&self, u: f64) -> usize {
         let x = u * self.total;
         let n = self.cumulative.len();
         let j = ((u * ZIPF_GUIDE_BUCKETS as f64) as usize).min(ZIPF_GUIDE_BUCKETS - 1);
         let (lo, hi) = (self.guide[j] as usize, self.guide[j + 1] as usize);
-        let mut k = if lo == hi { lo } else { self.search(x, lo.min(n), (hi + 1).min(n)) };
+        if lo == hi {
+            lo
+        } else {
+            self.search(x, lo.min(n), (hi + 1).min(n))
+        }
+    }
+
+    /// The rank drawn by `u` in `[0, 1)`.
+    fn rank(&self, u: f64) -> usize {
+        let x = u * self.total;
+        let n = self.cumulative.len();
+        let mut k = self.guided(u);
         let first_reaching = (k == 0 || self.cumulative.get(k - 1).is_some_and(|c| *c < x)) && self.cumulative.get(k).is_none_or(|c| *c >= x);
         if !first_reaching {
             k = self.search(x, 0, n);
@@ -1757,6 +1769,8 @@ fail = ["exactly_once"]
                 let edge = j as f64 / ZIPF_GUIDE_BUCKETS as f64;
                 for u in [edge, f64::from_bits(edge.to_bits() + 1), (edge + 1.0 / ZIPF_GUIDE_BUCKETS as f64).next_down()] {
                     assert_eq!(z.rank(u), plain_rank(&z, u), "vocabulary {vocabulary}, skew {skew}, u {u}");
+                    // The guide alone is exact: the check behind it never has to fall back.
+                    assert_eq!(z.guided(u).min(z.ranks() - 1), plain_rank(&z, u), "vocabulary {vocabulary}, skew {skew}, u {u}");
                 }
             }
         }
@@ -1768,6 +1782,7 @@ fail = ["exactly_once"]
             let z = Zipf::new(vocabulary, skew);
             for u in us {
                 proptest::prop_assert_eq!(z.rank(u), plain_rank(&z, u), "u {}", u);
+                proptest::prop_assert_eq!(z.guided(u).min(z.ranks() - 1), plain_rank(&z, u), "u {}", u);
             }
         }
     }
