@@ -11,9 +11,8 @@
 use crate::oracle::{expected_output, JobKind};
 use crate::record::RunRecord;
 use crate::run::{run_seed_with, run_world, sweep, SimError};
-use crate::scenario::WorldConfig;
+use crate::scenario::{generate_partitioned, Overrides, Scenario, WorldConfig};
 use std::sync::atomic::{AtomicU64, Ordering};
-use crate::scenario::{generate_lines, split_round_robin, Overrides, Scenario};
 use serde_json::json;
 
 /// The one-run benchmark: 100k input lines, random faults.
@@ -81,7 +80,7 @@ fn run_world_timed(world: &WorldConfig) -> Result<RunRecord, SimError> {
 /// The oracle's sequential speed on a scenario's seed-`seed` input: input lines per second.
 fn oracle_lines_per_sec(scenario: &Scenario, seed: u64) -> f64 {
     let world = scenario.resolve(seed, Overrides::default());
-    let input = split_round_robin(generate_lines(&world.workload, seed), world.workload.partitions);
+    let input = generate_partitioned(&world.workload, seed, world.workload.partitions);
     let lines: usize = input.iter().map(Vec::len).sum();
     #[allow(clippy::disallowed_methods, reason = "a wall-clock benchmark, outside the runtime")]
     let started = std::time::Instant::now();

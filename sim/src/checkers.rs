@@ -16,7 +16,7 @@
 //! record that does not decode is a violation, never a panic.
 
 use crate::oracle::{expected_output, expected_state, ExpectedOutput, JobKind, PrefixWalker, BUCKETS};
-use crate::record::{RunRecord, TraceEvent};
+use crate::record::{CommittedRecords, RunRecord, TraceEvent};
 use crate::trace::names;
 use serde::Serialize;
 use rustc_hash::FxHashMap;
@@ -227,7 +227,7 @@ pub fn exactly_once(record: &RunRecord, job: JobKind) -> Violations {
     let failed =
         !decode_errors.is_empty() || !bucket_errors.is_empty() || lost + duplicated + unexpected + reordered > 0;
     if failed {
-        let committed: usize = record.output.iter().map(Vec::len).sum();
+        let committed: usize = record.output.iter().map(CommittedRecords::len).sum();
         v.push(format!(
             "{} records expected, {committed} committed: {lost} lost, {duplicated} duplicated, {unexpected} unexpected, {reordered} out of order, {} undecodable, {} bucket errors",
             expected.word_counts.values().sum::<u64>(),
@@ -512,7 +512,7 @@ pub(crate) mod tests {
             seed: 7,
             job: "word-count".into(),
             input,
-            output: vec![out0, out1],
+            output: vec![out0.into(), out1.into()],
             events: vec![
                 ev(0, "jm", "deployed", &[("attempt", "1"), ("restored_from", "none")]),
                 ev(90, "tm0", "alignment_started", &[("checkpoint", "1"), ("subtask", "count#0"), ("attempt", "1")]),
@@ -588,11 +588,11 @@ pub(crate) mod tests {
     fn each_broken_record_fails_exactly_its_check_with_the_right_detail() {
         type Break = fn(&mut RunRecord);
         let cases: Vec<(&str, Break, &str, &[&str])> = vec![
-            ("lost record", |r| { r.output[1].pop(); }, "exactly_once", &["5 records expected, 4 committed: 1 lost, 0 duplicated, 0 unexpected, 0 out of order, 0 undecodable, 0 bucket errors", "missing (b,2); produced by one of the input lines holding 'b': p0@0, p1@0"]),
-            ("duplicate", |r| { let d = r.output[0][0].clone(); r.output[0].push(d); }, "exactly_once", &["5 records expected, 6 committed: 0 lost, 1 duplicated, 0 unexpected, 1 out of order, 0 undecodable, 0 bucket errors", "duplicated (a,1) at out0@3, first at out0@0; produced by input line p0@0", "out of order: (a,1) at out0@3 after (a,2) at out0@1"]),
-            ("reordered per key", |r| r.output[0].swap(0, 1), "exactly_once", &["5 records expected, 5 committed: 0 lost, 0 duplicated, 0 unexpected, 1 out of order, 0 undecodable, 0 bucket errors", "out of order: (a,1) at out0@1 after (a,2) at out0@0"]),
-            ("undecodable", |r| r.output[1][0] = vec![0xff], "exactly_once", &["5 records expected, 5 committed: 1 lost, 0 duplicated, 0 unexpected, 0 out of order, 1 undecodable, 0 bucket errors"]),
-            ("unexpected word", |r| r.output[1].push(enc(&("zz".to_string(), 1u64))), "exactly_once", &["5 records expected, 6 committed: 0 lost, 0 duplicated, 1 unexpected, 0 out of order, 0 undecodable, 0 bucket errors", "unexpected (zz,1) at out1@2: the input holds 'zz' 0 times"]),
+            ("lost record", |r| { r.output[1].edit(Vec::pop); }, "exactly_once", &["5 records expected, 4 committed: 1 lost, 0 duplicated, 0 unexpected, 0 out of order, 0 undecodable, 0 bucket errors", "missing (b,2); produced by one of the input lines holding 'b': p0@0, p1@0"]),
+            ("duplicate", |r| r.output[0].edit(|v| v.push(v[0].clone())), "exactly_once", &["5 records expected, 6 committed: 0 lost, 1 duplicated, 0 unexpected, 1 out of order, 0 undecodable, 0 bucket errors", "duplicated (a,1) at out0@3, first at out0@0; produced by input line p0@0", "out of order: (a,1) at out0@3 after (a,2) at out0@1"]),
+            ("reordered per key", |r| r.output[0].edit(|v| v.swap(0, 1)), "exactly_once", &["5 records expected, 5 committed: 0 lost, 0 duplicated, 0 unexpected, 1 out of order, 0 undecodable, 0 bucket errors", "out of order: (a,1) at out0@1 after (a,2) at out0@0"]),
+            ("undecodable", |r| r.output[1].edit(|v| v[0] = vec![0xff]), "exactly_once", &["5 records expected, 5 committed: 1 lost, 0 duplicated, 0 unexpected, 0 out of order, 1 undecodable, 0 bucket errors"]),
+            ("unexpected word", |r| r.output[1].edit(|v| v.push(enc(&("zz".to_string(), 1u64)))), "exactly_once", &["5 records expected, 6 committed: 0 lost, 0 duplicated, 1 unexpected, 0 out of order, 0 undecodable, 0 bucket errors", "unexpected (zz,1) at out1@2: the input holds 'zz' 0 times"]),
             ("inconsistent cut", |r| { r.checkpoints[0].word_counts.insert("b".into(), 2); }, "consistent_cut", &["checkpoint 1 (offsets p0@1 p1@0): count of 'b' is 2, the oracle's is 1"]),
             ("cut past the input", |r| { r.checkpoints[1].source_offsets.insert(1, 5); }, "consistent_cut", &["checkpoint 2 (offsets p0@1 p1@5): offset p1@5 is past the input's end (1 lines)"]),
             ("commit before complete", |r| r.events.swap(7, 8), "commit_after_complete", &["transaction wc-sink-1-2 committed at 0.201s on tm1 before checkpoint 2 completed"]),
@@ -622,7 +622,7 @@ pub(crate) mod tests {
             job: "two-shuffle".into(),
             input: vec![vec!["a a".into()], vec!["a b".into()]],
             // Buckets 1 and 3 on out0, bucket 2 on out1.
-            output: vec![vec![r(1, "a", 1, 1), r(3, "a", 3, 3), r(1, "b", 1, 2)], vec![r(2, "a", 2, 2)]],
+            output: vec![vec![r(1, "a", 1, 1), r(3, "a", 3, 3), r(1, "b", 1, 2)].into(), vec![r(2, "a", 2, 2)].into()],
             checkpoints: vec![CheckpointView {
                 id: 1,
                 source_offsets: BTreeMap::from([(0, 1)]),
@@ -640,12 +640,12 @@ pub(crate) mod tests {
     fn two_shuffle_checks_buckets_and_running_sums() {
         assert_eq!(failing(&good_two_shuffle(), JobKind::TwoShuffle), vec![]);
         let mut wrong_bucket = good_two_shuffle();
-        wrong_bucket.output[0][1] = enc(&(2u64, "a".to_string(), 3u64, 3u64));
+        wrong_bucket.output[0].edit(|v| v[1] = enc(&(2u64, "a".to_string(), 3u64, 3u64)));
         let got = failing(&wrong_bucket, JobKind::TwoShuffle);
         assert_eq!(got[0].0, "exactly_once");
         assert!(got[0].1.contains(&"out0@1 (2, a, 3, 3) is in bucket 2, want 3 % 8 = 3".to_string()), "{got:#?}");
         let mut wrong_sum = good_two_shuffle();
-        wrong_sum.output[0][2] = enc(&(1u64, "b".to_string(), 1u64, 1u64));
+        wrong_sum.output[0].edit(|v| v[2] = enc(&(1u64, "b".to_string(), 1u64, 1u64)));
         let got = failing(&wrong_sum, JobKind::TwoShuffle);
         assert!(
             got[0].1.contains(
@@ -667,7 +667,7 @@ pub(crate) mod tests {
     #[test]
     fn violations_are_bounded() {
         let mut r = good_word_count();
-        r.output = vec![vec![]];
+        r.output = vec![CommittedRecords::default()];
         r.input = vec![(0..50).map(|i| format!("w{i}")).collect()];
         let got = exactly_once(&r, JobKind::WordCount).finish();
         assert_eq!(got.len(), VIOLATIONS_PER_CHECK_MAX + 1);
@@ -693,7 +693,7 @@ pub(crate) mod tests {
 
     /// The committed output a correct word count produces: per word, `(w,1)..(w,n)` in one
     /// output partition chosen by the word.
-    fn correct_output(input: &[Vec<String>], partitions: usize) -> Vec<Vec<Vec<u8>>> {
+    fn correct_output(input: &[Vec<String>], partitions: usize) -> Vec<CommittedRecords> {
         let mut out = vec![Vec::new(); partitions];
         let state = crate::oracle::expected_state(JobKind::WordCount, input, None);
         for (w, n) in &state.word_counts {
@@ -702,7 +702,7 @@ pub(crate) mod tests {
                 out[p].push(enc(&(w.clone(), k)));
             }
         }
-        out
+        out.into_iter().map(CommittedRecords::from).collect()
     }
 
     proptest! {
@@ -719,10 +719,9 @@ pub(crate) mod tests {
             prop_assume!(!places.is_empty());
             let (p, o) = places[pick.index(places.len())];
             if duplicate {
-                let rec = r.output[p][o].clone();
-                r.output[p].insert(o + 1, rec);
+                r.output[p].edit(|v| v.insert(o + 1, v[o].clone()));
             } else {
-                r.output[p].remove(o);
+                r.output[p].edit(|v| v.remove(o));
             }
             let v = exactly_once(&r, JobKind::WordCount).finish();
             prop_assert!(!v.is_empty());

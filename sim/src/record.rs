@@ -4,6 +4,7 @@
 //! cluster's `SimCluster`) and the judge (oracles, checkers, the "sometimes" catalog, reports), so
 //! the judge can be tested on hand-made records, including deliberately broken ones.
 
+use floe_core::records::PackedRecords;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -19,7 +20,7 @@ pub struct RunRecord {
     /// Per input partition, the lines in offset order.
     pub input: Vec<Vec<String>>,
     /// Per output partition, the committed records in offset order (read committed).
-    pub output: Vec<Vec<Vec<u8>>>,
+    pub output: Vec<CommittedRecords>,
     /// The captured trace, in order.
     pub events: Vec<TraceEvent>,
     /// Every completed checkpoint, read back from the blob store.
@@ -38,6 +39,82 @@ pub struct RunRecord {
     pub restarts: u64,
     /// Checkpoints completed.
     pub checkpoints_completed: u64,
+}
+
+/// One output partition's committed records, in offset order, kept in the blocks the broker's
+/// fetches returned (no copy per record). It reads and (de)serializes as the list of records.
+#[derive(Clone, Default)]
+#[derive(Serialize, Deserialize)]
+#[serde(from = "Vec<Vec<u8>>", into = "Vec<Vec<u8>>")]
+pub struct CommittedRecords {
+    blocks: Vec<PackedRecords>,
+    len: usize,
+}
+
+impl CommittedRecords {
+    /// The records of `blocks`, in order.
+    pub fn from_blocks(blocks: Vec<PackedRecords>) -> Self {
+        let len = blocks.iter().map(PackedRecords::len).sum();
+        CommittedRecords { blocks, len }
+    }
+
+    /// The records, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + Clone + '_ {
+        self.blocks.iter().flat_map(PackedRecords::iter)
+    }
+
+    /// How many records.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there is no record.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Drops every record.
+    pub fn clear(&mut self) {
+        *self = CommittedRecords::default();
+    }
+
+    /// The records, one vector each.
+    pub fn to_vecs(&self) -> Vec<Vec<u8>> {
+        self.iter().map(<[u8]>::to_vec).collect()
+    }
+
+    /// Rewrites the records through `f` on their list (copied out and packed again): for
+    /// building broken records by hand.
+    pub fn edit<R>(&mut self, f: impl FnOnce(&mut Vec<Vec<u8>>) -> R) -> R {
+        let mut records = self.to_vecs();
+        let r = f(&mut records);
+        *self = CommittedRecords::from(records);
+        r
+    }
+}
+
+impl From<Vec<Vec<u8>>> for CommittedRecords {
+    fn from(records: Vec<Vec<u8>>) -> Self {
+        CommittedRecords::from_blocks(vec![PackedRecords::from_values(&records)])
+    }
+}
+
+impl From<CommittedRecords> for Vec<Vec<u8>> {
+    fn from(records: CommittedRecords) -> Self {
+        records.to_vecs()
+    }
+}
+
+impl PartialEq for CommittedRecords {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().eq(other.iter())
+    }
+}
+
+impl std::fmt::Debug for CommittedRecords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
 }
 
 /// One captured `tracing` event.
@@ -106,6 +183,30 @@ pub struct FaultLogEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn committed_records_read_the_same_however_they_are_blocked() {
+        let records: Vec<Vec<u8>> = vec![b"a".to_vec(), vec![], b"bcd".to_vec(), vec![0xff; 300]];
+        let whole = CommittedRecords::from(records.clone());
+        let blocked = CommittedRecords::from_blocks(vec![
+            PackedRecords::from_values(&records[..1]),
+            PackedRecords::new(),
+            PackedRecords::from_values(&records[1..]),
+        ]);
+        assert_eq!(blocked.len(), 4);
+        assert_eq!(blocked.to_vecs(), records);
+        assert_eq!(blocked, whole);
+        assert_ne!(blocked, CommittedRecords::from(records[..3].to_vec()));
+        assert_eq!(format!("{blocked:?}"), format!("{records:?}"));
+        let json = serde_json::to_string(&blocked).unwrap();
+        assert_eq!(json, serde_json::to_string(&records).unwrap());
+        assert_eq!(serde_json::from_str::<CommittedRecords>(&json).unwrap(), whole);
+        let mut edited = blocked.clone();
+        assert_eq!(edited.edit(|v| v.pop()), Some(vec![0xff; 300]));
+        assert_eq!(edited.to_vecs(), records[..3]);
+        edited.clear();
+        assert!(edited.is_empty() && edited.iter().next().is_none());
+    }
 
     #[test]
     fn ids_are_read_from_every_usual_rendering() {

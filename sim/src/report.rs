@@ -259,7 +259,7 @@ mod tests {
 
     fn broken() -> RunRecord {
         let mut r = good_word_count();
-        r.output[1].pop();
+        r.output[1].edit(Vec::pop);
         r.events.swap(7, 8);
         r
     }

@@ -1400,6 +1400,23 @@ fn draw_random_faults(random: &RandomFaults, seed: u64, task_managers: u32) -> V
 /// The workload's lines: words drawn from a zipf distribution over `w0 .. w{vocabulary-1}`
 /// (exponent `skew`), with some capitals and punctuation so the tokenizer is exercised.
 pub fn generate_lines(workload: &Workload, seed: u64) -> Vec<String> {
+    let mut lines = Vec::with_capacity(workload.lines as usize);
+    for_each_line(workload, seed, |_, line| lines.push(line));
+    lines
+}
+
+/// The workload's lines already split round-robin over `partitions` (line `i` to partition
+/// `i % partitions`): exactly `split_round_robin(generate_lines(workload, seed), partitions)`,
+/// without the intermediate list.
+pub fn generate_partitioned(workload: &Workload, seed: u64, partitions: u32) -> Vec<Vec<String>> {
+    let n = partitions.max(1) as usize;
+    let mut out: Vec<Vec<String>> = (0..n).map(|p| Vec::with_capacity((workload.lines as usize).saturating_sub(p).div_ceil(n))).collect();
+    for_each_line(workload, seed, |i, line| out[i % n].push(line));
+    out
+}
+
+/// Draws the workload's lines in order and hands each, with its index, to `emit`.
+fn for_each_line(workload: &Workload, seed: u64, mut emit: impl FnMut(usize, String)) {
     let mut r = rng(seed, Stream::Workload);
     let zipf = Zipf::new(workload.vocabulary, workload.skew);
     // Each rank's digits, written once (formatting them per word was most of the generation).
@@ -1407,34 +1424,37 @@ pub fn generate_lines(workload: &Workload, seed: u64) -> Vec<String> {
     const SEPARATORS: [&str; 5] = [" ", " ", " ", ", ", "! "];
     /// Bytes reserved per word of a line (a guess: it grows for long words).
     const LINE_BYTES_GUESS_PER_WORD: usize = 8;
-    (0..workload.lines)
-        .map(|_| {
-            let mut line = String::with_capacity(LINE_BYTES_GUESS_PER_WORD * workload.words_per_line as usize);
-            for i in 0..workload.words_per_line {
-                let k = zipf.rank(r.gen::<f64>());
-                if i > 0 {
-                    line.push_str(SEPARATORS[r.gen_range(0..SEPARATORS.len())]);
-                }
-                line.push(if r.gen_bool(0.1) { 'W' } else { 'w' });
-                line.push_str(&ranks[k]);
+    for i in 0..workload.lines as usize {
+        let mut line = String::with_capacity(LINE_BYTES_GUESS_PER_WORD * workload.words_per_line as usize);
+        for w in 0..workload.words_per_line {
+            let k = zipf.rank(r.gen::<f64>());
+            if w > 0 {
+                line.push_str(SEPARATORS[r.gen_range(0..SEPARATORS.len())]);
             }
-            line
-        })
-        .collect()
+            line.push(if r.gen_bool(0.1) { 'W' } else { 'w' });
+            line.push_str(&ranks[k]);
+        }
+        emit(i, line);
+    }
 }
 
-/// Buckets of [`Zipf`]'s guide table.
-const ZIPF_GUIDE_BUCKETS: usize = 1024;
+/// Buckets of [`Zipf`]'s guide table: a power of two, so `u * ZIPF_GUIDE_BUCKETS` is exact.
+const ZIPF_GUIDE_BUCKETS: usize = 1 << 14;
 
 /// Zipf ranks by inversion of the cumulative weights (`P(rank k) ∝ 1 / (k+1)^skew`): the first
-/// rank whose cumulative weight reaches `u * total`. A guide table narrows the binary search to
-/// the ranks of `u`'s bucket; the answer is checked against its neighbours and the whole table
-/// searched when the check fails, so it is always the plain search's answer.
+/// rank whose cumulative weight reaches `u * total`.
+///
+/// A guide table holds the rank of each bucket's lower edge `j / B`. The rank is monotone in `u`
+/// and `u * B` is exact (`B` a power of two), so every `u` of bucket `j` has a rank in
+/// `guide[j] ..= guide[j + 1]`: when the two are equal (most buckets) that is the rank, else a
+/// binary search over that short range finds it. The answer is checked against its neighbours
+/// and the whole table searched when the check fails, so it is always the plain search's answer.
 struct Zipf {
     cumulative: Vec<f64>,
     total: f64,
-    /// `guide[j]`: the rank for `u = j / ZIPF_GUIDE_BUCKETS` (the first rank of bucket `j`).
-    guide: Vec<usize>,
+    /// `guide[j]`: the rank for `u = j / ZIPF_GUIDE_BUCKETS` (the first rank of bucket `j`);
+    /// `ZIPF_GUIDE_BUCKETS + 1` entries.
+    guide: Vec<u32>,
 }
 
 impl Zipf {
@@ -1446,7 +1466,8 @@ impl Zipf {
             cumulative.push(total);
         }
         let mut z = Zipf { cumulative, total, guide: Vec::new() };
-        z.guide = (0..=ZIPF_GUIDE_BUCKETS).map(|j| z.search(j as f64 / ZIPF_GUIDE_BUCKETS as f64 * total, 0, z.cumulative.len())).collect();
+        // Ranks are below `vocabulary: u32`, so they fit a u32.
+        z.guide = (0..=ZIPF_GUIDE_BUCKETS).map(|j| z.search(j as f64 / ZIPF_GUIDE_BUCKETS as f64 * total, 0, z.cumulative.len()) as u32).collect();
         z
     }
 
@@ -1459,14 +1480,26 @@ impl Zipf {
         lo + self.cumulative[lo..hi].partition_point(|c| *c < x)
     }
 
+    /// The rank the guide table gives for `u` in `[0, 1)` (unchecked): `guide[j]` when bucket
+    /// `j` holds one rank, else a search of `guide[j] ..= guide[j + 1]`.
+    fn guided(&self, u: f64) -> usize {
+        let x = u * self.total;
+        let n = self.cumulative.len();
+        let j = ((u * ZIPF_GUIDE_BUCKETS as f64) as usize).min(ZIPF_GUIDE_BUCKETS - 1);
+        let (lo, hi) = (self.guide[j] as usize, self.guide[j + 1] as usize);
+        if lo == hi {
+            lo
+        } else {
+            self.search(x, lo.min(n), (hi + 1).min(n))
+        }
+    }
+
     /// The rank drawn by `u` in `[0, 1)`.
     fn rank(&self, u: f64) -> usize {
         let x = u * self.total;
         let n = self.cumulative.len();
-        let j = ((u * ZIPF_GUIDE_BUCKETS as f64) as usize).min(ZIPF_GUIDE_BUCKETS - 1);
-        let (lo, hi) = (self.guide[j.saturating_sub(1)], (self.guide[(j + 2).min(ZIPF_GUIDE_BUCKETS)] + 1).min(n));
-        let mut k = self.search(x, lo, hi);
-        let first_reaching = (k == 0 || self.cumulative[k - 1] < x) && (k == n || self.cumulative[k] >= x);
+        let mut k = self.guided(u);
+        let first_reaching = (k == 0 || self.cumulative.get(k - 1).is_some_and(|c| *c < x)) && self.cumulative.get(k).is_none_or(|c| *c >= x);
         if !first_reaching {
             k = self.search(x, 0, n);
         }
@@ -1713,6 +1746,45 @@ fail = ["exactly_once"]
         let parts = split_round_robin(lines.clone(), 3);
         assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), [134, 133, 133]);
         assert_eq!(parts[1][0], lines[1]);
+    }
+
+    #[test]
+    fn partitioned_generation_is_the_round_robin_split_of_the_lines() {
+        for (lines, partitions) in [(0, 3), (1, 4), (400, 3), (401, 4), (7, 1), (5, 0)] {
+            let w = Workload { lines, words_per_line: 4, vocabulary: 30, skew: 1.0, partitions: 3 };
+            assert_eq!(generate_partitioned(&w, 4, partitions), split_round_robin(generate_lines(&w, 4), partitions), "{lines} lines over {partitions}");
+        }
+    }
+
+    /// The plain inversion the guide table shortcuts.
+    fn plain_rank(z: &Zipf, u: f64) -> usize {
+        z.search(u * z.total, 0, z.cumulative.len()).min(z.cumulative.len().saturating_sub(1))
+    }
+
+    #[test]
+    fn zipf_ranks_at_bucket_edges_are_the_plain_search() {
+        for (vocabulary, skew) in [(1, 1.0), (2, 0.0), (1000, 1.0), (50, 1.2), (70_000, 0.5), (3, 10.0)] {
+            let z = Zipf::new(vocabulary, skew);
+            for j in 0..ZIPF_GUIDE_BUCKETS {
+                let edge = j as f64 / ZIPF_GUIDE_BUCKETS as f64;
+                for u in [edge, f64::from_bits(edge.to_bits() + 1), (edge + 1.0 / ZIPF_GUIDE_BUCKETS as f64).next_down()] {
+                    assert_eq!(z.rank(u), plain_rank(&z, u), "vocabulary {vocabulary}, skew {skew}, u {u}");
+                    // The guide alone is exact: the check behind it never has to fall back.
+                    assert_eq!(z.guided(u).min(z.ranks() - 1), plain_rank(&z, u), "vocabulary {vocabulary}, skew {skew}, u {u}");
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn zipf_rank_is_the_plain_search(vocabulary in 0u32..5_000, skew in 0.0f64..4.0, us in proptest::collection::vec(0.0f64..1.0, 1..200)) {
+            let z = Zipf::new(vocabulary, skew);
+            for u in us {
+                proptest::prop_assert_eq!(z.rank(u), plain_rank(&z, u), "u {}", u);
+                proptest::prop_assert_eq!(z.guided(u).min(z.ranks() - 1), plain_rank(&z, u), "u {}", u);
+            }
+        }
     }
 
     #[test]

@@ -69,9 +69,9 @@ mod sim {
     use super::*;
     use crate::checkers::txn_checkpoint;
     use crate::oracle::JobKind;
-    use crate::record::{parse_id, CheckpointView, FaultLogEntry};
+    use crate::record::{parse_id, CheckpointView, CommittedRecords, FaultLogEntry};
     use crate::scenario::{
-        generate_lines, split_round_robin, CheckpointMode, FaultKind, FaultSpec, NodeName, SinkMode, Trigger,
+        generate_partitioned, CheckpointMode, FaultKind, FaultSpec, NodeName, SinkMode, Trigger,
         TriggerEvent,
     };
     use crate::trace::{names, TraceCapture, TraceConfig};
@@ -88,7 +88,8 @@ mod sim {
     use floe_runtime::broker::BrokerConfig;
     use floe_runtime::cluster::jobs::{JobRegistry, JobSpec};
     use floe_runtime::cluster::protocol::JobState;
-    use floe_runtime::cluster::sim::{ClusterNode, SimCluster, SimClusterConfig};
+    use floe_core::records::PackedRecords;
+    use floe_runtime::cluster::sim::{pack_lines, ClusterNode, SimCluster, SimClusterConfig, PRODUCE_BATCH_RECORDS};
     use floe_runtime::cluster::task_manager::state_io::{check_blob, OPERATOR_BLOB_MAGIC, OPERATOR_BLOB_VERSION};
     use floe_runtime::disk::{DiskFaults, TornTail};
     use floe_runtime::transport::RpcConfig;
@@ -627,9 +628,11 @@ mod sim {
     }
 
     async fn drive(world: &WorldConfig, watcher: Watcher) -> RunRecord {
-        let lines = generate_lines(&world.workload, world.seed);
         let partitions = world.workload.partitions.max(1);
-        let input = split_round_robin(lines.clone(), partitions);
+        // Generated split (line i in partition i % partitions) and shared with the feed, which
+        // packs each wave's slice of each partition straight into the produce batches.
+        let input = Arc::new(generate_partitioned(&world.workload, world.seed, partitions));
+        let total_lines: usize = input.iter().map(Vec::len).sum();
         let stopping: Vec<u64> = input.iter().map(|p| p.len() as u64).collect();
         let config = SimClusterConfig {
             task_managers: world.task_managers,
@@ -666,13 +669,14 @@ mod sim {
         // The input, in waves; each wave a multiple of the partitions long, so round-robin per
         // wave is round-robin overall and the stopping offsets computed up front hold.
         let unit = partitions as usize;
-        let per_wave = lines.len().div_ceil(WAVES).div_ceil(unit).max(1) * unit;
+        let per_wave = total_lines.div_ceil(WAVES).div_ceil(unit).max(1) * unit;
         let gap_ms = (world.checkpoint_interval_ms / 2).clamp(25, 250);
         let feed = {
-            let stage = stage.clone();
+            let (stage, input) = (stage.clone(), input.clone());
             tokio::spawn(async move {
-                for wave in lines.chunks(per_wave) {
-                    let _ = stage.cluster.produce_lines(INPUT_TOPIC, partitions, wave.to_vec()).await;
+                for start in (0..total_lines).step_by(per_wave) {
+                    let batches = wave_batches(&input, start / unit, (start + per_wave) / unit);
+                    let _ = stage.cluster.produce_batches(INPUT_TOPIC, partitions, batches).await;
                     tokio::time::sleep(Duration::from_millis(gap_ms)).await;
                 }
             })
@@ -692,7 +696,7 @@ mod sim {
         let status = stage.cluster.wait_for_end(Duration::from_millis(world.liveness_bound_ms)).await;
         let finished = status.as_ref().is_some_and(|s| s.state == JobState::Finished);
         let finished_at_ms = if finished { watcher.finished_at_ms().or(Some(now_ms())) } else { None };
-        let output = stage.cluster.read_committed(OUTPUT_TOPIC).await;
+        let output = stage.cluster.read_committed_batches(OUTPUT_TOPIC).await;
         report_open_transactions(&stage.cluster).await;
         let checkpoints = read_checkpoints(&stage.cluster, world).await;
         let sim_ms = now_ms();
@@ -710,8 +714,8 @@ mod sim {
             scenario: world.scenario.clone(),
             seed: world.seed,
             job: world.job.name().to_string(),
-            input,
-            output,
+            input: Arc::try_unwrap(input).unwrap_or_else(|shared| (*shared).clone()),
+            output: output.into_iter().map(CommittedRecords::from_blocks).collect(),
             events: Vec::new(),
             checkpoints,
             faults,
@@ -722,6 +726,20 @@ mod sim {
             restarts: 0,
             checkpoints_completed: 0,
         }
+    }
+
+    /// One wave's produce batches: per partition, its lines `lo..hi` (clamped to its length) in
+    /// chunks of [`PRODUCE_BATCH_RECORDS`]. A wave of the round-robin input starting at a
+    /// multiple of the partitions is exactly that slice of every partition, so the broker gets
+    /// the batches `produce_lines` would have made of the wave's lines.
+    fn wave_batches(input: &[Vec<String>], lo: usize, hi: usize) -> Vec<Vec<PackedRecords>> {
+        input
+            .iter()
+            .map(|lines| {
+                let (lo, hi) = (lo.min(lines.len()), hi.min(lines.len()));
+                lines[lo..hi].chunks(PRODUCE_BATCH_RECORDS).map(pack_lines).collect()
+            })
+            .collect()
     }
 
     /// Emits `open_transaction_at_end` for every transaction still open on the broker once the
@@ -846,7 +864,7 @@ mod sim {
         vertex: OperatorId,
         state: &str,
     ) -> BTreeMap<K, u64> {
-        let mut out = BTreeMap::new();
+        let out = BTreeMap::new();
         let Some(cp) = meta.operators.get(&vertex) else { return out };
         let mut blobs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         for h in &cp.subtasks {
@@ -877,13 +895,17 @@ mod sim {
             return out;
         }
         let Ok(value) = backend.get_state(&ValueStateDescriptor::<u64>::new(state)) else { return out };
-        for key in backend.keys::<K>(state) {
+        let Ok(keys) = backend.try_keys::<K>(state) else { return out };
+        // The keys come sorted and distinct: the map is bulk-built from them in one pass
+        // instead of searched once per key.
+        let mut entries = Vec::with_capacity(keys.len());
+        for key in keys {
             backend.set_current_key(&key);
             if let Some(v) = value.value(&backend) {
-                out.insert(key, v);
+                entries.push((key, v));
             }
         }
-        out
+        BTreeMap::from_iter(entries)
     }
 }
 

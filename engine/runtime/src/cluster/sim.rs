@@ -275,14 +275,26 @@ impl SimCluster {
     /// retrying until the broker has acknowledged each batch. Returns each partition's end
     /// offset (the stopping offsets of a bounded job over exactly these lines).
     pub async fn produce_lines(&self, topic: &str, partitions: u32, lines: Vec<String>) -> Vec<u64> {
+        let n = partitions.max(1) as usize;
+        let mut per_partition: Vec<Vec<String>> = vec![Vec::new(); partitions as usize];
+        for (i, line) in lines.into_iter().enumerate() {
+            per_partition[i % n].push(line);
+        }
+        let batches = per_partition.iter().map(|records| records.chunks(PRODUCE_BATCH_RECORDS).map(pack_lines).collect()).collect();
+        self.produce_batches(topic, partitions, batches).await
+    }
+
+    /// Creates `topic` with `partitions` (unless it exists) and sends `batches[p]` to partition
+    /// `p` in order, partition by partition, with one idempotent producer, retrying until the
+    /// broker has acknowledged each batch. Returns each partition's end offset after its last
+    /// batch (0 for a partition given none). [`Self::produce_lines`] is this over its lines
+    /// split round-robin and chunked by [`PRODUCE_BATCH_RECORDS`]; callers that hold the lines
+    /// already split pack them with [`pack_lines`] and skip the copies.
+    pub async fn produce_batches(&self, topic: &str, partitions: u32, batches: Vec<Vec<PackedRecords>>) -> Vec<u64> {
         let client = self.broker_client();
         let topic = topic.to_string();
         self.on_client(async move {
             retry_forever(|| client.create_topic(&topic, partitions), |e| matches!(e, crate::broker::BrokerError::TopicExists { .. })).await;
-            let mut per_partition: Vec<Vec<String>> = vec![Vec::new(); partitions as usize];
-            for (i, line) in lines.into_iter().enumerate() {
-                per_partition[i % partitions as usize].push(line);
-            }
             let mut ends = Vec::new();
             let mut producer = loop {
                 match crate::broker::Producer::idempotent(client.clone(), crate::broker::RetryPolicy { attempts_max: 1_000, backoff_ms: 50 }).await {
@@ -290,11 +302,12 @@ impl SimCluster {
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
             };
-            for (p, records) in per_partition.into_iter().enumerate() {
+            for (p, records) in batches.into_iter().enumerate() {
                 let mut end = 0;
-                for chunk in records.chunks(256) {
-                    let offset = producer.send(&topic, PartitionId(p as u32), PackedRecords::from_values(chunk)).await.expect("an idempotent producer with retries delivers");
-                    end = offset.0 + chunk.len() as u64;
+                for batch in records {
+                    let len = batch.len() as u64;
+                    let offset = producer.send(&topic, PartitionId(p as u32), batch).await.expect("an idempotent producer with retries delivers");
+                    end = offset.0 + len;
                 }
                 ends.push(end);
             }
@@ -345,30 +358,52 @@ impl SimCluster {
 
     /// Every committed record of `topic`, per partition, in offset order (read committed).
     pub async fn read_committed(&self, topic: &str) -> Vec<Vec<Vec<u8>>> {
+        let batches = self.read_committed_batches(topic).await;
+        batches.into_iter().map(|blocks| blocks.iter().flat_map(PackedRecords::iter).map(<[u8]>::to_vec).collect()).collect()
+    }
+
+    /// Every committed record of `topic`, per partition, in offset order (read committed), as
+    /// the non-empty record blocks the fetches returned: the records are never copied out.
+    pub async fn read_committed_batches(&self, topic: &str) -> Vec<Vec<PackedRecords>> {
         let client = self.broker_client();
         let topic = topic.to_string();
         self.on_client(async move {
             let partitions = retry_forever(|| client.partitions(&topic), |e| matches!(e, crate::broker::BrokerError::UnknownTopic { .. })).await.unwrap_or(0);
             let mut out = Vec::new();
             for p in 0..partitions {
-                let mut records = Vec::new();
+                let mut blocks = Vec::new();
                 let mut from = Offset(0);
                 loop {
                     let fetched = retry_forever(|| client.fetch(&topic, PartitionId(p), from, 4096, 4 << 20, IsolationLevel::ReadCommitted), |_| false)
                         .await
                         .expect("fetch is retried until it succeeds");
-                    records.extend(fetched.records.iter().map(<[u8]>::to_vec));
+                    if !fetched.records.is_empty() {
+                        blocks.push(fetched.records);
+                    }
                     if fetched.next_offset <= from {
                         break;
                     }
                     from = fetched.next_offset;
                 }
-                out.push(records);
+                out.push(blocks);
             }
             out
         })
         .await
     }
+}
+
+/// Records per produce request of [`SimCluster::produce_lines`] (per partition, a chunk of its lines).
+pub const PRODUCE_BATCH_RECORDS: usize = 256;
+
+/// One batch of `lines`, in order, in a buffer of exactly their size (no regrowth).
+pub fn pack_lines(lines: &[String]) -> PackedRecords {
+    let bytes: usize = lines.iter().map(|l| l.len() + floe_core::records::RECORD_LENGTH_BYTES).sum();
+    let mut batch = PackedRecords::with_capacity(bytes);
+    for line in lines {
+        batch.push(line.as_bytes()).expect("a record batch built from memory fits its limits");
+    }
+    batch
 }
 
 /// The job manager's RPC address.
