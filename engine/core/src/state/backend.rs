@@ -63,7 +63,11 @@ pub(crate) trait Table: Any + Send + Sync {
     /// The key bytes of every entry (one per entry, so repeated across namespaces).
     fn key_bytes(&self) -> Vec<&[u8]>;
     /// Every entry with its value serialized.
+    #[cfg(test)]
     fn encode(&self) -> Result<Vec<RawEntry>, CodecError>;
+    /// The same entries as [`encode`](Self::encode) without an allocation per entry: each
+    /// value's bytes are appended to `values`, and `(composite, key_len, values range)` to `out`.
+    fn encode_into<'t>(&'t self, values: &mut Vec<u8>, out: &mut Vec<(&'t [u8], u32, std::ops::Range<usize>)>) -> Result<(), CodecError>;
 }
 
 impl<T: StateData> Table for TypedTable<T> {
@@ -88,8 +92,18 @@ impl<T: StateData> Table for TypedTable<T> {
     fn key_bytes(&self) -> Vec<&[u8]> {
         self.iter().map(|(composite, slot)| &composite[..slot.key_len as usize]).collect()
     }
+    #[cfg(test)]
     fn encode(&self) -> Result<Vec<RawEntry>, CodecError> {
         self.iter().map(|(composite, slot)| Ok((Box::from(composite.as_slice()), slot.key_len, codec::to_bytes(&slot.value)?))).collect()
+    }
+    fn encode_into<'t>(&'t self, values: &mut Vec<u8>, out: &mut Vec<(&'t [u8], u32, std::ops::Range<usize>)>) -> Result<(), CodecError> {
+        out.reserve(FxHashMap::len(self));
+        for (composite, slot) in self.iter() {
+            let start = values.len();
+            codec::append_bytes(values, &slot.value)?;
+            out.push((composite.as_slice(), slot.key_len, start..values.len()));
+        }
+        Ok(())
     }
 }
 

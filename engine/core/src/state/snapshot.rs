@@ -161,6 +161,56 @@ struct EntryBody {
     value: Vec<u8>,
 }
 
+/// [`KeyGroupBody`] borrowed from a snapshot's tables (what is written): the same fields, so the
+/// same bytes (a `&str` and a `String`, a byte slice and a `Vec<u8>` serialize alike in bincode).
+#[derive(Serialize)]
+struct KeyGroupBodyRef<'a> {
+    key_group: u32,
+    states: Vec<StateBodyRef<'a>>,
+    event_timers: Vec<TimerBodyRef<'a>>,
+    processing_timers: Vec<TimerBodyRef<'a>>,
+}
+
+/// [`StateBody`], borrowed.
+#[derive(Serialize)]
+struct StateBodyRef<'a> {
+    name: &'a str,
+    kind: StateKind,
+    entries: Vec<EntryRef<'a>>,
+}
+
+/// [`EntryBody`], borrowed; ordered as it is (field by field, bytes lexicographically).
+#[derive(Serialize, PartialEq, Eq, PartialOrd, Ord)]
+struct EntryRef<'a> {
+    #[serde(serialize_with = "slice_as_bytes")]
+    key: &'a [u8],
+    #[serde(serialize_with = "slice_as_bytes")]
+    namespace: &'a [u8],
+    #[serde(serialize_with = "slice_as_bytes")]
+    value: &'a [u8],
+}
+
+/// [`TimerBody`], borrowed.
+#[derive(Serialize)]
+struct TimerBodyRef<'a> {
+    timestamp: i64,
+    #[serde(serialize_with = "slice_as_bytes")]
+    key: &'a [u8],
+    #[serde(serialize_with = "slice_as_bytes")]
+    namespace: &'a [u8],
+}
+
+/// A byte slice as one byte string: in floe's bincode the same bytes as a `Vec<u8>`'s sequence
+/// (a varint length, then the bytes), copied at once.
+/// A composite key's `(key, namespace)` halves.
+fn split(composite: &[u8], key_len: u32) -> (&[u8], &[u8]) {
+    composite.split_at((key_len as usize).min(composite.len()))
+}
+
+fn slice_as_bytes<S: serde::Serializer>(bytes: &&[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    codec::byte_buf::serialize(bytes, serializer)
+}
+
 #[derive(Serialize, Deserialize)]
 struct TimerBody {
     timestamp: i64,
@@ -212,8 +262,9 @@ impl KeyedSnapshot {
             return Err(SnapshotError::KeyGroupNotInSnapshot { key_group, range: self.range });
         }
         let state = &self.key_groups[(key_group.0 - self.range.start) as usize];
-        let body = self.key_group_body(key_group, state)?;
-        Ok(codec::seal_value(KEY_GROUP_MAGIC, KEY_GROUP_FORMAT_VERSION, &body)?)
+        let mut out = Vec::new();
+        self.write_key_group_into(key_group, state, &mut Vec::new(), &mut out)?;
+        Ok(out)
     }
 
     /// Every non-empty key group as its own sealed blob, in key-group order.
@@ -225,53 +276,66 @@ impl KeyedSnapshot {
     pub fn to_blob(&self) -> Result<(Vec<u8>, Vec<KeyGroupOffset>), SnapshotError> {
         let mut blob = Vec::new();
         let mut index = Vec::new();
-        for key_group in self.non_empty_key_groups() {
-            let bytes = self.write_key_group(key_group)?;
-            index.push(KeyGroupOffset { key_group, offset: blob.len() as u64, len: bytes.len() as u64 });
-            blob.extend_from_slice(&bytes);
+        // One value buffer for every key group; each sealed blob is encoded straight into `blob`.
+        let mut values = Vec::new();
+        for (key_group, state) in self.range.iter().zip(&self.key_groups).filter(|(_, kg)| !kg.is_empty()) {
+            let start = blob.len();
+            self.write_key_group_into(key_group, state, &mut values, &mut blob)?;
+            index.push(KeyGroupOffset { key_group, offset: start as u64, len: (blob.len() - start) as u64 });
         }
         Ok((blob, index))
     }
 
-    fn key_group_body(&self, key_group: KeyGroup, state: &KeyGroupState) -> Result<KeyGroupBody, SnapshotError> {
-        let mut states = Vec::new();
+    /// Appends one key group's sealed blob to `out`: its body borrowed from the tables (no
+    /// allocation per entry; every value encoded into the reused `values`), the same bytes as
+    /// sealing a [`KeyGroupBody`]. On error `out` may hold a partial blob.
+    fn write_key_group_into(&self, key_group: KeyGroup, state: &KeyGroupState, values: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<(), SnapshotError> {
+        values.clear();
+        let mut raws: Vec<(&str, StateKind, Vec<(&[u8], u32, std::ops::Range<usize>)>)> = Vec::new();
         for (id, meta) in self.metas.iter().enumerate() {
             let Some(table) = state.tables.get(id).and_then(Option::as_deref).filter(|t| t.len() > 0) else { continue };
-            let raw = table.encode().map_err(|source| SnapshotError::Encode { name: meta.name.clone(), source })?;
-            let mut entries: Vec<EntryBody> = raw
-                .into_iter()
-                .map(|(composite, key_len, value)| {
-                    let (key, namespace) = composite.split_at(key_len as usize);
-                    EntryBody { key: key.to_vec(), namespace: namespace.to_vec(), value }
-                })
-                .collect();
-            entries.sort_unstable();
-            states.push(StateBody { name: meta.name.clone(), kind: meta.kind, entries });
+            let mut raw = Vec::new();
+            table.encode_into(values, &mut raw).map_err(|source| SnapshotError::Encode { name: meta.name.clone(), source })?;
+            raws.push((&meta.name, meta.kind, raw));
         }
+        let mut states: Vec<StateBodyRef<'_>> = raws
+            .iter()
+            .map(|(name, kind, raw)| {
+                let mut entries: Vec<EntryRef<'_>> = raw
+                    .iter()
+                    .map(|(composite, key_len, range)| {
+                        let (key, namespace) = split(composite, *key_len);
+                        EntryRef { key, namespace, value: &values[range.clone()] }
+                    })
+                    .collect();
+                entries.sort_unstable();
+                StateBodyRef { name, kind: *kind, entries }
+            })
+            .collect();
         for (name, pending) in &state.pending {
-            let mut entries: Vec<EntryBody> = pending
+            let mut entries: Vec<EntryRef<'_>> = pending
                 .entries
                 .iter()
                 .map(|(composite, key_len, value)| {
-                    let (key, namespace) = composite.split_at(*key_len as usize);
-                    EntryBody { key: key.to_vec(), namespace: namespace.to_vec(), value: value.clone() }
+                    let (key, namespace) = split(composite, *key_len);
+                    EntryRef { key, namespace, value }
                 })
                 .collect();
             entries.sort_unstable();
-            states.push(StateBody { name: name.clone(), kind: pending.kind, entries });
+            states.push(StateBodyRef { name, kind: pending.kind, entries });
         }
-        states.sort_by(|a, b| a.name.cmp(&b.name));
-        let timers = |set: &BTreeSet<TimerKey>| {
-            set.iter()
-                .map(|t| TimerBody { timestamp: t.timestamp, key: t.key.to_vec(), namespace: t.namespace.to_vec() })
-                .collect()
-        };
-        Ok(KeyGroupBody {
+        states.sort_by(|a, b| a.name.cmp(b.name));
+        fn timers(set: &BTreeSet<TimerKey>) -> Vec<TimerBodyRef<'_>> {
+            set.iter().map(|t| TimerBodyRef { timestamp: t.timestamp, key: &t.key, namespace: &t.namespace }).collect()
+        }
+        let body = KeyGroupBodyRef {
             key_group: key_group.0,
             states,
             event_timers: timers(&state.event_timers),
             processing_timers: timers(&state.processing_timers),
-        })
+        };
+        codec::seal_value_into(out, KEY_GROUP_MAGIC, KEY_GROUP_FORMAT_VERSION, &body)?;
+        Ok(())
     }
 }
 
@@ -774,6 +838,29 @@ mod tests {
         }
     }
 
+    /// The owned key-group body, built entry by entry (the writer before the borrowed one).
+    fn owned_body(snapshot: &KeyedSnapshot, key_group: KeyGroup, state: &KeyGroupState) -> KeyGroupBody {
+        let entry = |composite: &[u8], key_len: u32, value: Vec<u8>| {
+            let (key, namespace) = composite.split_at(key_len as usize);
+            EntryBody { key: key.to_vec(), namespace: namespace.to_vec(), value }
+        };
+        let mut states = Vec::new();
+        for (id, meta) in snapshot.metas.iter().enumerate() {
+            let Some(table) = state.tables.get(id).and_then(Option::as_deref).filter(|t| t.len() > 0) else { continue };
+            let mut entries: Vec<EntryBody> = table.encode().unwrap().into_iter().map(|(c, len, v)| entry(&c, len, v)).collect();
+            entries.sort_unstable();
+            states.push(StateBody { name: meta.name.clone(), kind: meta.kind, entries });
+        }
+        for (name, pending) in &state.pending {
+            let mut entries: Vec<EntryBody> = pending.entries.iter().map(|(c, len, v)| entry(c, *len, v.clone())).collect();
+            entries.sort_unstable();
+            states.push(StateBody { name: name.clone(), kind: pending.kind, entries });
+        }
+        states.sort_by(|a, b| a.name.cmp(&b.name));
+        let timers = |set: &BTreeSet<TimerKey>| set.iter().map(|t| TimerBody { timestamp: t.timestamp, key: t.key.to_vec(), namespace: t.namespace.to_vec() }).collect();
+        KeyGroupBody { key_group: key_group.0, states, event_timers: timers(&state.event_timers), processing_timers: timers(&state.processing_timers) }
+    }
+
     fn backends(max_p: u32, p: u32) -> Vec<KeyedStateBackend> {
         (0..p).map(|i| KeyedStateBackend::new(max_p, KeyGroupRange::for_operator_index(max_p, p, SubtaskIndex(i)))).collect()
     }
@@ -865,6 +952,45 @@ mod tests {
                 .flat_map(|(&(k, ns), c)| c.event_timers.iter().map(move |&ts| (k, ns, ts)))
                 .collect();
             prop_assert_eq!(timers_fired, model_timers);
+        }
+
+        /// The borrowed writer (values in one buffer, slices of the tables) seals exactly the
+        /// bytes of the owned body the format describes, for every kind of state, namespaces,
+        /// timers and restored-but-unregistered (pending) state.
+        #[test]
+        fn key_group_blobs_are_the_bytes_of_the_owned_body(
+            max_p in 1u32..=16,
+            ops in proptest::collection::vec((0i32..60, 0u8..2, op()), 0..200),
+            keep_pending in any::<bool>(),
+        ) {
+            let mut be = KeyedStateBackend::new(max_p, KeyGroupRange::all(max_p));
+            let h = register(&mut be);
+            let mut model: BTreeMap<(i32, u8), Cell> = BTreeMap::new();
+            for (key, ns, op) in &ops {
+                be.set_current_key(key);
+                be.set_current_namespace(ns);
+                apply(&mut be, &h, model.entry((*key, *ns)).or_default(), op);
+            }
+            if keep_pending {
+                // Restore into a backend that registers only some states: the rest stay pending.
+                let blobs = all_blobs(&be.snapshot(CheckpointId(1)));
+                be = KeyedStateBackend::new(max_p, KeyGroupRange::all(max_p));
+                be.restore(blobs.iter().map(Vec::as_slice)).unwrap();
+                be.get_state(&ValueStateDescriptor::<u32>::new("value")).unwrap();
+            }
+            let snapshot = be.snapshot(CheckpointId(2));
+            let (blob, index) = snapshot.to_blob().unwrap();
+            let mut written = 0;
+            for (kg, state) in snapshot.range.iter().zip(&snapshot.key_groups) {
+                let want = codec::seal_value(KEY_GROUP_MAGIC, KEY_GROUP_FORMAT_VERSION, &owned_body(&snapshot, kg, state)).unwrap();
+                prop_assert_eq!(&snapshot.write_key_group(kg).unwrap(), &want);
+                if !state.is_empty() {
+                    prop_assert_eq!(index[written].key_group, kg);
+                    prop_assert_eq!(index[written].slice(&blob).unwrap(), &want[..]);
+                    written += 1;
+                }
+            }
+            prop_assert_eq!(written, index.len());
         }
 
         /// Flipping any byte or truncating anywhere gives a typed error, never a panic or a restore.
