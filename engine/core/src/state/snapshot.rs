@@ -202,6 +202,10 @@ struct TimerBodyRef<'a> {
 
 /// A byte slice as one byte string: in floe's bincode the same bytes as a `Vec<u8>`'s sequence
 /// (a varint length, then the bytes), copied at once.
+/// A table entry as `Table::encode_into` gives it: the
+/// composite key, the key's length, and the value's range in the shared value buffer.
+type BorrowedEntry<'t> = (&'t [u8], u32, std::ops::Range<usize>);
+
 /// A composite key's `(key, namespace)` halves.
 fn split(composite: &[u8], key_len: u32) -> (&[u8], &[u8]) {
     composite.split_at((key_len as usize).min(composite.len()))
@@ -291,7 +295,7 @@ impl KeyedSnapshot {
     /// sealing a [`KeyGroupBody`]. On error `out` may hold a partial blob.
     fn write_key_group_into(&self, key_group: KeyGroup, state: &KeyGroupState, values: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<(), SnapshotError> {
         values.clear();
-        let mut raws: Vec<(&str, StateKind, Vec<(&[u8], u32, std::ops::Range<usize>)>)> = Vec::new();
+        let mut raws: Vec<(&str, StateKind, Vec<BorrowedEntry<'_>>)> = Vec::new();
         for (id, meta) in self.metas.iter().enumerate() {
             let Some(table) = state.tables.get(id).and_then(Option::as_deref).filter(|t| t.len() > 0) else { continue };
             let mut raw = Vec::new();
