@@ -112,6 +112,16 @@ impl PackedRecords {
         Ok(())
     }
 
+    /// The whole batch as one [`RecordRun`] (to append it elsewhere in one copy).
+    pub fn as_run(&self) -> RecordRun<'_> {
+        RecordRun { bytes: &self.buf, count: self.count, record_bytes_max: self.record_bytes_max }
+    }
+
+    /// The bytes of the records alone, without their length prefixes.
+    pub fn payload_bytes_len(&self) -> usize {
+        self.buf.len() - self.count as usize * RECORD_LENGTH_BYTES
+    }
+
     /// Reserves room for at least `bytes` more bytes of records (length prefixes included).
     pub fn reserve(&mut self, bytes: usize) {
         self.buf.reserve(bytes);
@@ -398,6 +408,12 @@ mod tests {
                 at = end;
             }
             prop_assert_eq!(it.map(<[u8]>::to_vec).collect::<Vec<_>>(), values[at..].to_vec());
+            let mut whole = fast.clone();
+            whole.extend_from_run(batch.as_run()).unwrap();
+            let mut by_one = fast.clone();
+            values.iter().for_each(|v| by_one.push(v).unwrap());
+            prop_assert_eq!(&whole, &by_one);
+            prop_assert_eq!(batch.payload_bytes_len(), values.iter().map(Vec::len).sum::<usize>());
             prop_assert_eq!(fast.record_bytes_max(), slow.record_bytes_max());
             prop_assert_eq!(&fast, &slow);
         }

@@ -864,6 +864,16 @@ impl BrokerState {
                 }
                 continue;
             }
+            let n = batch.len() as u64;
+            if skip == 0 && available == n && count + batch.len() <= records_max && bytes + batch.payload_bytes_len() <= bytes_max {
+                // The whole batch fits every limit: no record-by-record walk.
+                count += batch.len();
+                bytes += batch.payload_bytes_len();
+                next = Offset(run_first.get() + n);
+                run_bytes += batch.bytes_len();
+                runs.push((run_first, batch.as_run()));
+                continue;
+            }
             let mut it = batch.iter();
             let mut skipped = 0u64;
             it.take_run_while(|_| {
