@@ -22,6 +22,9 @@ pub const RECORD_BYTES_MAX: usize = u32::MAX as usize;
 pub struct PackedRecords {
     buf: Vec<u8>,
     count: u32,
+    /// The length of the longest record (0 when empty): kept as records are added or checked,
+    /// so a size limit is checked without a pass over the records.
+    record_bytes_max: u32,
 }
 
 /// Why a batch could not be built or read.
@@ -49,7 +52,7 @@ impl PackedRecords {
 
     /// An empty batch with room for `bytes` bytes of records (length prefixes included).
     pub fn with_capacity(bytes: usize) -> Self {
-        PackedRecords { buf: Vec::with_capacity(bytes), count: 0 }
+        PackedRecords { buf: Vec::with_capacity(bytes), count: 0, record_bytes_max: 0 }
     }
 
     /// A batch of `values`, in order.
@@ -95,7 +98,39 @@ impl PackedRecords {
         };
         self.buf[start..start + RECORD_LENGTH_BYTES].copy_from_slice(&len.to_le_bytes());
         self.count += 1;
+        self.record_bytes_max = self.record_bytes_max.max(len);
         Ok(())
+    }
+
+    /// Appends a run of whole records taken from another batch ([`Iter::take_run_while`]) in one
+    /// copy: the same batch as pushing its records one by one.
+    pub fn extend_from_run(&mut self, run: RecordRun<'_>) -> Result<(), PackedRecordsError> {
+        let count = self.count.checked_add(run.count).ok_or(PackedRecordsError::TooLarge)?;
+        self.buf.extend_from_slice(run.bytes);
+        self.count = count;
+        self.record_bytes_max = self.record_bytes_max.max(run.record_bytes_max);
+        Ok(())
+    }
+
+    /// The whole batch as one [`RecordRun`] (to append it elsewhere in one copy).
+    pub fn as_run(&self) -> RecordRun<'_> {
+        RecordRun { bytes: &self.buf, count: self.count, record_bytes_max: self.record_bytes_max }
+    }
+
+    /// The bytes of the records alone, without their length prefixes.
+    pub fn payload_bytes_len(&self) -> usize {
+        self.buf.len() - self.count as usize * RECORD_LENGTH_BYTES
+    }
+
+    /// Reserves room for at least `bytes` more bytes of records (length prefixes included).
+    pub fn reserve(&mut self, bytes: usize) {
+        self.buf.reserve(bytes);
+    }
+
+    /// The length of the longest record in the batch (0 when it is empty), without a pass over
+    /// the records.
+    pub fn record_bytes_max(&self) -> usize {
+        self.record_bytes_max as usize
     }
 
     /// How many records the batch holds.
@@ -122,22 +157,26 @@ impl PackedRecords {
     pub fn clear(&mut self) {
         self.buf.clear();
         self.count = 0;
+        self.record_bytes_max = 0;
     }
 
     /// Reads a batch from its record count and buffer, checking that the buffer splits into
     /// exactly `count` records.
     pub fn from_parts(count: u32, buf: Vec<u8>) -> Result<Self, PackedRecordsError> {
         let mut rest = buf.as_slice();
+        let mut record_bytes_max = 0usize;
         for i in 0..count {
-            let Some((_, tail)) = split_record(rest) else {
+            let Some((record, tail)) = split_record(rest) else {
                 return Err(PackedRecordsError::Corrupt(format!("record {i} of {count} runs past the end of {} bytes", buf.len())));
             };
+            record_bytes_max = record_bytes_max.max(record.len());
             rest = tail;
         }
         if !rest.is_empty() {
             return Err(PackedRecordsError::Corrupt(format!("{} bytes after the last of {count} records", rest.len())));
         }
-        Ok(PackedRecords { buf, count })
+        let record_bytes_max = u32::try_from(record_bytes_max).expect("a record's length came from a 4-byte prefix");
+        Ok(PackedRecords { buf, count, record_bytes_max })
     }
 }
 
@@ -158,6 +197,54 @@ impl From<PackedRecordsError> for crate::operator::OperatorError {
 #[derive(Clone, Debug)]
 pub struct Iter<'a> {
     rest: &'a [u8],
+}
+
+impl<'a> Iter<'a> {
+    /// Takes the next records while `keep` accepts them, as one [`RecordRun`]; the first record
+    /// `keep` refuses stays next. Walks only the length prefixes: the run's bytes are copied once,
+    /// by [`PackedRecords::extend_from_run`].
+    pub fn take_run_while(&mut self, mut keep: impl FnMut(&'a [u8]) -> bool) -> RecordRun<'a> {
+        let start = self.rest;
+        let (mut count, mut record_bytes_max) = (0u32, 0usize);
+        while let Some((record, rest)) = split_record(self.rest) {
+            if !keep(record) {
+                break;
+            }
+            record_bytes_max = record_bytes_max.max(record.len());
+            self.rest = rest;
+            // A batch holds at most u32::MAX records, so neither count can overflow.
+            count += 1;
+        }
+        let bytes = &start[..start.len() - self.rest.len()];
+        let record_bytes_max = u32::try_from(record_bytes_max).expect("a record's length came from a 4-byte prefix");
+        RecordRun { bytes, count, record_bytes_max }
+    }
+}
+
+/// Consecutive whole records of a batch, taken by [`Iter::take_run_while`] (so its bytes always
+/// split cleanly into its records) and appended elsewhere in one copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordRun<'a> {
+    bytes: &'a [u8],
+    count: u32,
+    record_bytes_max: u32,
+}
+
+impl RecordRun<'_> {
+    /// How many records the run holds.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether the run holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The run's bytes, length prefixes included.
+    pub fn bytes_len(&self) -> usize {
+        self.bytes.len()
+    }
 }
 
 impl<'a> Iterator for Iter<'a> {
@@ -293,6 +380,54 @@ mod tests {
             let back: PackedRecords = codec::from_bytes(&bytes).unwrap();
             prop_assert_eq!(&back, &batch);
             prop_assert_eq!(back.iter().map(<[u8]>::to_vec).collect::<Vec<_>>(), values);
+        }
+
+        /// Copying runs (cut at arbitrary places, some skipped) gives the same batch as pushing
+        /// the kept records one by one, longest-record figure included.
+        #[test]
+        fn runs_copied_whole_equal_records_pushed_one_by_one(
+            values in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..30),
+            cuts in proptest::collection::vec((0usize..8, any::<bool>()), 0..12),
+        ) {
+            let batch = PackedRecords::from_values(&values);
+            let (mut fast, mut slow) = (PackedRecords::from_values([b"head"]), PackedRecords::from_values([b"head"]));
+            let mut it = batch.iter();
+            let mut at = 0usize;
+            for (n, keep) in cuts {
+                let mut taken = 0;
+                let run = it.take_run_while(|_| { taken += 1; taken <= n });
+                let end = (at + n).min(values.len());
+                prop_assert_eq!(run.len(), end - at);
+                prop_assert_eq!(run.bytes_len(), values[at..end].iter().map(|v| v.len() + RECORD_LENGTH_BYTES).sum::<usize>());
+                if keep {
+                    fast.extend_from_run(run).unwrap();
+                    for v in &values[at..end] {
+                        slow.push(v).unwrap();
+                    }
+                }
+                at = end;
+            }
+            prop_assert_eq!(it.map(<[u8]>::to_vec).collect::<Vec<_>>(), values[at..].to_vec());
+            let mut whole = fast.clone();
+            whole.extend_from_run(batch.as_run()).unwrap();
+            let mut by_one = fast.clone();
+            values.iter().for_each(|v| by_one.push(v).unwrap());
+            prop_assert_eq!(&whole, &by_one);
+            prop_assert_eq!(batch.payload_bytes_len(), values.iter().map(Vec::len).sum::<usize>());
+            prop_assert_eq!(fast.record_bytes_max(), slow.record_bytes_max());
+            prop_assert_eq!(&fast, &slow);
+        }
+
+        #[test]
+        fn the_longest_record_is_known_however_the_batch_was_made(values in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..30)) {
+            let batch = PackedRecords::from_values(&values);
+            let want = values.iter().map(Vec::len).max().unwrap_or(0);
+            prop_assert_eq!(batch.record_bytes_max(), want);
+            let back: PackedRecords = codec::from_bytes(&codec::to_bytes(&batch).unwrap()).unwrap();
+            prop_assert_eq!(back.record_bytes_max(), want);
+            let mut cleared = batch.clone();
+            cleared.clear();
+            prop_assert_eq!(cleared.record_bytes_max(), 0);
         }
 
         #[test]

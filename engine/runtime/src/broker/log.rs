@@ -163,6 +163,20 @@ pub fn frame_into<T: Serialize>(out: &mut Vec<u8>, magic: [u8; 4], entry: &T) {
     codec::seal_value_into(out, magic, LOG_FORMAT_VERSION, entry).expect("log entries always encode")
 }
 
+/// Bytes to reserve for the frame of `entry`: exact for a marker's order of size, and for a batch
+/// its records plus room for the header and the fields around them (a hint: framing never
+/// depends on it).
+pub fn framed_bytes_hint(entry: &PartitionEntry) -> usize {
+    /// The envelope's header and every field of an entry but a batch's record bytes, at most.
+    const ENTRY_FIELDS_BYTES_MAX: usize = 64;
+    ENVELOPE_HEADER_BYTES
+        + ENTRY_FIELDS_BYTES_MAX
+        + match entry {
+            PartitionEntry::Batch { records, .. } => records.bytes_len(),
+            PartitionEntry::Marker { .. } => 0,
+        }
+}
+
 /// Why a scan stopped before the end of the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TornReason {

@@ -128,7 +128,7 @@ pub struct TxnListing {
 #[serde(try_from = "FetchResultWire")]
 pub struct FetchResult {
     /// The records' offsets, in order: one per record of `records`.
-    pub offsets: Vec<Offset>,
+    pub offsets: OffsetRuns,
     /// The records, in offset order.
     pub records: PackedRecords,
     /// Where the next fetch should start (past skipped markers and aborted records).
@@ -142,7 +142,7 @@ pub struct FetchResult {
 /// [`FetchResult`] as it travels, before its offsets and records are checked to match.
 #[derive(Deserialize)]
 struct FetchResultWire {
-    offsets: Vec<Offset>,
+    offsets: OffsetRuns,
     records: PackedRecords,
     next_offset: Offset,
     high_watermark: Offset,
@@ -153,7 +153,7 @@ impl TryFrom<FetchResultWire> for FetchResult {
     type Error = String;
 
     fn try_from(w: FetchResultWire) -> Result<Self, String> {
-        if w.offsets.len() != w.records.len() {
+        if w.offsets.len() != w.records.len() as u64 {
             return Err(format!("a fetch result with {} offsets for {} records", w.offsets.len(), w.records.len()));
         }
         Ok(FetchResult { offsets: w.offsets, records: w.records, next_offset: w.next_offset, high_watermark: w.high_watermark, last_stable_offset: w.last_stable_offset })
@@ -163,7 +163,7 @@ impl TryFrom<FetchResultWire> for FetchResult {
 impl FetchResult {
     /// The records with their offsets, in order.
     pub fn iter(&self) -> impl Iterator<Item = (Offset, &[u8])> + '_ {
-        self.offsets.iter().copied().zip(self.records.iter())
+        self.offsets.iter().zip(self.records.iter())
     }
 
     /// How many records the fetch returned.
@@ -174,6 +174,117 @@ impl FetchResult {
     /// Whether the fetch returned no record.
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
+    }
+}
+
+/// Strictly increasing offsets, kept (and sent) as maximal runs of consecutive offsets: a
+/// fetch's offsets are consecutive except where it skipped markers or aborted records, so a
+/// result of thousands of records carries a handful of runs instead of one varint per record.
+///
+/// On the wire: the runs, each as `(gap, count)` — its first offset minus the end of the run
+/// before (the first run's gap is its first offset) and its length. Decoding checks the form is
+/// the one [`OffsetRuns::push_run`] builds (every count at least 1, every gap after the first at
+/// least 1, nothing overflows), so the offsets are strictly increasing and one list of offsets has
+/// one encoding; [`FetchResult`] then checks there is one offset per record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OffsetRuns {
+    /// `(first offset, count)` of each run, in order; runs neither touch nor overlap.
+    runs: Vec<(u64, u64)>,
+    /// The number of offsets.
+    len: u64,
+}
+
+impl OffsetRuns {
+    /// No offsets.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends `count` consecutive offsets from `first` (joined to the last run when they
+    /// continue it). Nothing is appended for a count of 0.
+    ///
+    /// # Panics
+    /// If `first` is not above the last offset, or the run passes `u64::MAX`: the broker builds
+    /// its offsets in order, so this is a programming error.
+    pub fn push_run(&mut self, first: Offset, count: u64) {
+        if count == 0 {
+            return;
+        }
+        let first = first.get();
+        assert!(first.checked_add(count).is_some(), "a run of offsets passes u64::MAX");
+        match self.runs.last_mut() {
+            Some((start, n)) if *start + *n == first => *n += count,
+            Some((start, n)) => {
+                assert!(first > *start + *n, "offsets must be strictly increasing");
+                self.runs.push((first, count));
+            }
+            None => self.runs.push((first, count)),
+        }
+        self.len += count;
+    }
+
+    /// Appends one offset (above the last one; see [`OffsetRuns::push_run`]).
+    pub fn push(&mut self, offset: Offset) {
+        self.push_run(offset, 1);
+    }
+
+    /// How many offsets there are.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether there is no offset.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The offsets, in increasing order.
+    pub fn iter(&self) -> impl Iterator<Item = Offset> + '_ {
+        self.runs.iter().flat_map(|&(first, count)| (first..first + count).map(Offset))
+    }
+}
+
+impl FromIterator<Offset> for OffsetRuns {
+    /// # Panics
+    /// If the offsets are not strictly increasing.
+    fn from_iter<I: IntoIterator<Item = Offset>>(offsets: I) -> Self {
+        let mut out = OffsetRuns::new();
+        for offset in offsets {
+            out.push(offset);
+        }
+        out
+    }
+}
+
+impl Serialize for OffsetRuns {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.runs.len()))?;
+        let mut end = 0u64;
+        for &(first, count) in &self.runs {
+            seq.serialize_element(&(first - end, count))?;
+            end = first + count;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for OffsetRuns {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let wire = Vec::<(u64, u64)>::deserialize(deserializer)?;
+        let mut runs = Vec::with_capacity(wire.len());
+        let (mut end, mut len) = (0u64, 0u64);
+        for (i, (gap, count)) in wire.into_iter().enumerate() {
+            if count == 0 || (i > 0 && gap == 0) {
+                return Err(D::Error::custom(format!("offset run {i} is empty or touches the run before")));
+            }
+            let first = end.checked_add(gap).ok_or_else(|| D::Error::custom("offsets overflow"))?;
+            end = first.checked_add(count).ok_or_else(|| D::Error::custom("offsets overflow"))?;
+            len = len.checked_add(count).ok_or_else(|| D::Error::custom("offsets overflow"))?;
+            runs.push((first, count));
+        }
+        Ok(OffsetRuns { runs, len })
     }
 }
 
@@ -463,5 +574,78 @@ impl BrokerError {
     /// retry is deduplicated by the producer's sequence numbers).
     pub fn is_retriable(&self) -> bool {
         matches!(self, BrokerError::Unavailable(_) | BrokerError::Timeout | BrokerError::Io(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use floe_core::codec;
+    use proptest::prelude::*;
+
+    fn result(offsets: &[u64]) -> FetchResult {
+        FetchResult {
+            offsets: offsets.iter().copied().map(Offset).collect(),
+            records: PackedRecords::from_values(offsets.iter().map(|o| o.to_string())),
+            next_offset: Offset(offsets.last().map_or(0, |o| o + 1)),
+            high_watermark: Offset(100),
+            last_stable_offset: Offset(90),
+        }
+    }
+
+    #[test]
+    fn consecutive_offsets_travel_as_a_few_runs() {
+        let offsets: Vec<u64> = (5..1005).chain(1007..2007).collect();
+        let r = result(&offsets);
+        assert_eq!(r.offsets.runs, vec![(5, 1000), (1007, 1000)]);
+        let one_by_one = codec::to_bytes(&offsets).unwrap();
+        let runs = codec::to_bytes(&r.offsets).unwrap();
+        assert!(runs.len() < 16 && one_by_one.len() > 2000, "{} bytes as runs", runs.len());
+        let back: FetchResult = codec::from_bytes(&codec::to_bytes(&r).unwrap()).unwrap();
+        assert_eq!(back.iter().map(|(o, _)| o.get()).collect::<Vec<_>>(), offsets);
+    }
+
+    #[test]
+    fn offsets_that_are_not_canonical_runs_or_do_not_match_the_records_do_not_decode() {
+        let good = result(&[3, 4, 7]);
+        let records = good.records.clone();
+        // (wire runs, why it is refused)
+        let cases: Vec<(Vec<(u64, u64)>, &str)> = vec![
+            (vec![(3, 2), (0, 1)], "touches the run before"),
+            (vec![(3, 2), (2, 0), (1, 1)], "is empty"),
+            (vec![(3, 0), (3, 3)], "is empty"),
+            (vec![(u64::MAX, 2), (1, 1)], "overflow"),
+            (vec![(3, 1), (u64::MAX - 2, 2)], "overflow"),
+            (vec![(3, 2)], "2 offsets for 3 records"),
+            (vec![(3, 2), (1, 2)], "4 offsets for 3 records"),
+        ];
+        for (runs, want) in cases {
+            let wire = (runs.clone(), &records, good.next_offset, good.high_watermark, good.last_stable_offset);
+            let err = codec::from_bytes::<FetchResult>(&codec::to_bytes(&wire).unwrap()).unwrap_err();
+            assert!(err.to_string().contains(want), "{runs:?}: {err}");
+        }
+        let wire = (vec![(3u64, 2u64), (2, 1)], &records, good.next_offset, good.high_watermark, good.last_stable_offset);
+        assert_eq!(codec::from_bytes::<FetchResult>(&codec::to_bytes(&wire).unwrap()).unwrap(), good);
+    }
+
+    proptest! {
+        #[test]
+        fn any_increasing_offsets_round_trip_with_their_records(steps in proptest::collection::vec(prop_oneof![3 => Just(1u64), 1 => 1u64..5, 1 => 5u64..1_000_000], 0..60), start in 0u64..1_000) {
+            let offsets: Vec<u64> = steps.iter().scan(start, |at, step| { let o = *at; *at += step; Some(o) }).collect();
+            let r = result(&offsets);
+            prop_assert_eq!(r.offsets.len(), offsets.len() as u64);
+            prop_assert_eq!(r.offsets.iter().map(Offset::get).collect::<Vec<_>>(), offsets.clone());
+            let back: FetchResult = codec::from_bytes(&codec::to_bytes(&r).unwrap()).unwrap();
+            prop_assert_eq!(&back, &r);
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_as_a_fetch_result_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Ok(r) = codec::from_bytes::<FetchResult>(&bytes) {
+                prop_assert_eq!(r.offsets.len(), r.records.len() as u64);
+                let offsets: Vec<Offset> = r.offsets.iter().collect();
+                prop_assert!(offsets.windows(2).all(|w| w[0] < w[1]));
+            }
+        }
     }
 }

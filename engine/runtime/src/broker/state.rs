@@ -583,7 +583,10 @@ impl BrokerState {
         if records.len() > self.config.produce_records_max {
             return Err(limit("produce_records_max", format!("{} records", records.len())));
         }
-        if let Some(r) = records.iter().find(|r| r.len() > self.config.record_bytes_max) {
+        // The batch knows its longest record: only a batch over the limit is walked, to name the
+        // first record that is.
+        if records.record_bytes_max() > self.config.record_bytes_max {
+            let r = records.iter().find(|r| r.len() > self.config.record_bytes_max).expect("the longest record is over the limit");
             return Err(limit("record_bytes_max", format!("a record of {} bytes", r.len())));
         }
         let count = records.len() as u32;
@@ -827,47 +830,87 @@ impl BrokerState {
             IsolationLevel::ReadCommitted => lso,
         };
         let records_max = records_max.min(self.config.fetch_records_max) as usize;
-        let bytes_max = bytes_max.min(self.config.fetch_bytes_max);
-        let (mut offsets, mut records) = (Vec::new(), PackedRecords::new());
-        let mut bytes = 0usize;
+        let bytes_max = bytes_max.min(self.config.fetch_bytes_max) as usize;
+        // First find the runs of records to return (a walk over the length prefixes only), then
+        // copy each run whole into a batch of exactly their size: the same records as taking them
+        // one by one, with one copy per stored batch and no regrowth of the answer.
+        let mut runs = Vec::new();
+        let (mut count, mut bytes, mut run_bytes) = (0usize, 0usize, 0usize);
         let mut next = from_offset.max(Offset(0));
         let first = p.entries.partition_point(|e| e.next_offset() <= from_offset);
-        'entries: for entry in &p.entries[first..] {
+        for entry in &p.entries[first..] {
             if entry.base_offset() >= end {
                 break;
             }
-            match entry {
-                Stored::Marker { .. } => next = entry.next_offset(),
-                Stored::Batch { base_offset, fate, records: batch } => {
-                    let visible = match isolation {
-                        IsolationLevel::ReadUncommitted => true,
-                        IsolationLevel::ReadCommitted => {
-                            debug_assert_ne!(*fate, Fate::Open, "open records lie at or past the LSO");
-                            matches!(fate, Fate::Plain | Fate::Decided(TxnOutcome::Commit))
-                        }
-                    };
-                    for (i, record) in batch.iter().enumerate() {
-                        let offset = Offset(base_offset.get() + i as u64);
-                        if offset < from_offset {
-                            continue;
-                        }
-                        if offset >= end {
-                            break 'entries;
-                        }
-                        if visible {
-                            let size = record.len();
-                            if records.len() >= records_max || (!records.is_empty() && bytes + size > bytes_max as usize) {
-                                break 'entries;
-                            }
-                            bytes += size;
-                            records.push(record).expect("a stored record fits a batch");
-                            offsets.push(offset);
-                        }
-                        next = offset.next();
-                    }
+            let Stored::Batch { base_offset, fate, records: batch } = entry else {
+                next = entry.next_offset();
+                continue;
+            };
+            let visible = match isolation {
+                IsolationLevel::ReadUncommitted => true,
+                IsolationLevel::ReadCommitted => {
+                    debug_assert_ne!(*fate, Fate::Open, "open records lie at or past the LSO");
+                    matches!(fate, Fate::Plain | Fate::Decided(TxnOutcome::Commit))
                 }
+            };
+            // The batch's records from `from_offset` on, up to `end`.
+            let skip = from_offset.get().saturating_sub(base_offset.get());
+            let run_first = Offset(base_offset.get() + skip);
+            let available = (batch.len() as u64).saturating_sub(skip).min(end.get().saturating_sub(run_first.get()));
+            if !visible {
+                next = Offset(run_first.get() + available);
+                if available < (batch.len() as u64).saturating_sub(skip) {
+                    break;
+                }
+                continue;
+            }
+            let n = batch.len() as u64;
+            if skip == 0 && available == n && count + batch.len() <= records_max && bytes + batch.payload_bytes_len() <= bytes_max {
+                // The whole batch fits every limit: no record-by-record walk.
+                count += batch.len();
+                bytes += batch.payload_bytes_len();
+                next = Offset(run_first.get() + n);
+                run_bytes += batch.bytes_len();
+                runs.push((run_first, batch.as_run()));
+                continue;
+            }
+            let mut it = batch.iter();
+            let mut skipped = 0u64;
+            it.take_run_while(|_| {
+                skipped += 1;
+                skipped <= skip
+            });
+            let mut taken = 0u64;
+            let mut full = false;
+            let run = it.take_run_while(|record| {
+                if taken == available {
+                    return false;
+                }
+                let size = record.len();
+                if count >= records_max || (count > 0 && bytes + size > bytes_max) {
+                    full = true;
+                    return false;
+                }
+                bytes += size;
+                count += 1;
+                taken += 1;
+                true
+            });
+            debug_assert_eq!(run.len() as u64, taken);
+            next = Offset(run_first.get() + taken);
+            run_bytes += run.bytes_len();
+            runs.push((run_first, run));
+            if full || taken < (batch.len() as u64).saturating_sub(skip) {
+                break;
             }
         }
+        let mut offsets = OffsetRuns::new();
+        let mut records = PackedRecords::with_capacity(run_bytes);
+        for (first, run) in runs {
+            offsets.push_run(first, run.len() as u64);
+            records.extend_from_run(run).expect("a fetch returns at most fetch_records_max records");
+        }
+        debug_assert_eq!(records.len(), count);
         debug_assert!(next <= end.max(from_offset));
         Ok(FetchResult { offsets, records, next_offset: next, high_watermark: p.log_end, last_stable_offset: lso })
     }
@@ -1195,4 +1238,109 @@ mod tests {
         assert_eq!(b.log_end(T, PartitionId(0)), Some(Offset(1)));
         assert_eq!(b.open_transactions(), 1);
     }
+
+    /// The fetch as it was first written: record by record, each copied on its own. The fetch
+    /// that copies runs of records must answer exactly the same.
+    fn fetch_one_by_one(b: &BrokerState, partition: PartitionId, from_offset: Offset, records_max: u32, bytes_max: u32, isolation: IsolationLevel) -> FetchResult {
+        let p = b.partition(T, partition).unwrap();
+        let lso = p.last_stable_offset();
+        let end = match isolation {
+            IsolationLevel::ReadUncommitted => p.log_end,
+            IsolationLevel::ReadCommitted => lso,
+        };
+        let records_max = records_max.min(b.config.fetch_records_max) as usize;
+        let bytes_max = bytes_max.min(b.config.fetch_bytes_max);
+        let (mut offsets, mut records) = (OffsetRuns::new(), PackedRecords::new());
+        let mut bytes = 0usize;
+        let mut next = from_offset;
+        let first = p.entries.partition_point(|e| e.next_offset() <= from_offset);
+        'entries: for entry in &p.entries[first..] {
+            if entry.base_offset() >= end {
+                break;
+            }
+            match entry {
+                Stored::Marker { .. } => next = entry.next_offset(),
+                Stored::Batch { base_offset, fate, records: batch } => {
+                    let visible = isolation == IsolationLevel::ReadUncommitted || matches!(fate, Fate::Plain | Fate::Decided(TxnOutcome::Commit));
+                    for (i, record) in batch.iter().enumerate() {
+                        let offset = Offset(base_offset.get() + i as u64);
+                        if offset < from_offset {
+                            continue;
+                        }
+                        if offset >= end {
+                            break 'entries;
+                        }
+                        if visible {
+                            if records.len() >= records_max || (!records.is_empty() && bytes + record.len() > bytes_max as usize) {
+                                break 'entries;
+                            }
+                            bytes += record.len();
+                            records.push(record).unwrap();
+                            offsets.push(offset);
+                        }
+                        next = offset.next();
+                    }
+                }
+            }
+        }
+        FetchResult { offsets, records, next_offset: next, high_watermark: p.log_end, last_stable_offset: lso }
+    }
+
+    /// One step of building a partition for the fetch property.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Plain(Vec<String>),
+        Txn { tid: usize, values: Vec<String> },
+        End { tid: usize, commit: bool },
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        let values = proptest::collection::vec("[a-z]{0,12}", 1..6);
+        prop_oneof![
+            values.clone().prop_map(Step::Plain),
+            (0..2usize, values).prop_map(|(tid, values)| Step::Txn { tid, values }),
+            (0..2usize, any::<bool>()).prop_map(|(tid, commit)| Step::End { tid, commit }),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_fetch_copying_runs_answers_exactly_as_one_copying_records_one_by_one(
+            steps in proptest::collection::vec(step(), 0..25),
+            fetches in proptest::collection::vec((0u64..40, 0u32..12, 0u32..40, proptest::bool::ANY), 1..12),
+        ) {
+            let mut b = broker();
+            let tids = ["a", "b"];
+            let ids = [init(&mut b, tids[0]), init(&mut b, tids[1])];
+            let mut seq = [0u32; 2];
+            for s in steps {
+                match s {
+                    Step::Plain(values) => {
+                        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+                        ok(&mut b, produce(0, None, None, &values));
+                    }
+                    Step::Txn { tid, values } => {
+                        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+                        let (pid, epoch) = ids[tid];
+                        ok(&mut b, produce(0, stamp(pid, epoch, seq[tid]), Some(tids[tid]), &values));
+                        seq[tid] += values.len() as u32;
+                    }
+                    Step::End { tid, commit } => {
+                        let outcome = if commit { TxnOutcome::Commit } else { TxnOutcome::Abort };
+                        let _ = run(&mut b, end(tids[tid], ids[tid], outcome), 0);
+                    }
+                }
+            }
+            let log_end = b.log_end(T, PartitionId(0)).unwrap().get();
+            for (from, records_max, bytes_max, committed) in fetches {
+                let from = Offset(from.min(log_end));
+                let isolation = if committed { IsolationLevel::ReadCommitted } else { IsolationLevel::ReadUncommitted };
+                let fast = b.fetch(T, PartitionId(0), from, records_max, bytes_max, isolation).unwrap();
+                let slow = fetch_one_by_one(&b, PartitionId(0), from, records_max, bytes_max, isolation);
+                proptest::prop_assert_eq!(&fast, &slow, "from {} records_max {} bytes_max {} {:?}", from, records_max, bytes_max, isolation);
+            }
+        }
+    }
+
 }

@@ -197,12 +197,21 @@ async fn persist<D: Disk>(disk: &D, staged: &Staged) -> io::Result<()> {
         disk.append(META_LOG_PATH, &bytes).await?;
         disk.fsync(META_LOG_PATH).await?;
     }
-    let mut per_file: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    // Each touched log gets one append (its entries in order, framed into one buffer reused from
+    // log to log, sized once) and then one fsync, logs in path order.
+    let mut per_file: BTreeMap<String, (Vec<&PartitionEntry>, usize)> = BTreeMap::new();
     for (topic, partition, entry) in &staged.partitions {
-        log::frame_into(per_file.entry(log::partition_log_path(topic, *partition)).or_default(), PARTITION_MAGIC, entry);
+        let (entries, bytes) = per_file.entry(log::partition_log_path(topic, *partition)).or_default();
+        entries.push(entry);
+        *bytes += log::framed_bytes_hint(entry);
     }
-    for (path, bytes) in &per_file {
-        disk.append(path, bytes).await?;
+    let mut buf = Vec::with_capacity(per_file.values().map(|(_, bytes)| *bytes).max().unwrap_or(0));
+    for (path, (entries, _)) in &per_file {
+        buf.clear();
+        for entry in entries {
+            log::frame_into(&mut buf, PARTITION_MAGIC, *entry);
+        }
+        disk.append(path, &buf).await?;
     }
     for path in per_file.keys() {
         disk.fsync(path).await?;

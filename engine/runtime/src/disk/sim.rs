@@ -62,6 +62,44 @@ pub struct DiskCounters {
 /// doubling (a tenth of the broker's time in a long run was that copy and its fresh pages).
 pub const FILE_CHUNK_BYTES: usize = 1 << 20;
 
+/// Most whole chunks kept for reuse, process-wide (64 MiB): see [`CHUNK_POOL`].
+pub const CHUNK_POOL_CHUNKS_MAX: usize = 64;
+
+/// A file's first chunk grows like a vector while small; once it needs this many bytes it moves
+/// into a whole [`FILE_CHUNK_BYTES`] chunk (from the pool if one is there) instead of doubling.
+const FIRST_CHUNK_WHOLE_FROM_BYTES: usize = 64 << 10;
+
+/// Whole chunks (capacity [`FILE_CHUNK_BYTES`], emptied) given back by files that were truncated,
+/// removed or dropped with their disk, for the next file that grows: a fresh chunk's pages are
+/// faulted in and zeroed by the kernel as they are first written (an eighth of the broker's time
+/// in a run), a reused one's are already there. Only capacity is reused, never content: a chunk
+/// is cleared before it is pooled. Shared by every disk of the process (a simulation runs many
+/// worlds, one after the other or on several threads), and bounded by [`CHUNK_POOL_CHUNKS_MAX`].
+static CHUNK_POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// An empty chunk of capacity `chunk_bytes`, from the pool when it holds one of that size.
+fn take_chunk(chunk_bytes: usize) -> Vec<u8> {
+    if chunk_bytes == FILE_CHUNK_BYTES {
+        if let Some(chunk) = CHUNK_POOL.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            debug_assert!(chunk.is_empty() && chunk.capacity() == FILE_CHUNK_BYTES);
+            return chunk;
+        }
+    }
+    Vec::with_capacity(chunk_bytes)
+}
+
+/// Gives a chunk back to the pool (emptied) if it is a whole one and the pool has room.
+fn give_chunk(mut chunk: Vec<u8>) {
+    if chunk.capacity() != FILE_CHUNK_BYTES {
+        return;
+    }
+    chunk.clear();
+    let mut pool = CHUNK_POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if pool.len() < CHUNK_POOL_CHUNKS_MAX {
+        pool.push(chunk);
+    }
+}
+
 /// A file's bytes: chunks of exactly `chunk_bytes` bytes except the last, so byte `i` lies in
 /// chunk `i / chunk_bytes`. The first chunk grows as needed (small files stay small); once a file
 /// outgrows it, later chunks are allocated whole and never reallocated.
@@ -70,6 +108,12 @@ struct Chunked {
     chunks: Vec<Vec<u8>>,
     len: usize,
     chunk_bytes: usize,
+}
+
+impl Drop for Chunked {
+    fn drop(&mut self) {
+        self.chunks.drain(..).for_each(give_chunk);
+    }
 }
 
 impl Chunked {
@@ -82,15 +126,30 @@ impl Chunked {
     }
 
     fn clear(&mut self) {
-        self.chunks.clear();
+        self.chunks.drain(..).for_each(give_chunk);
         self.len = 0;
     }
 
-    /// The chunk to write the next byte into, started if the last one is full.
+    /// The chunk to write the next `wanted` bytes into (some of them, if it fills up): a new one
+    /// if the last is full; the first chunk moved into a whole one if it would outgrow
+    /// [`FIRST_CHUNK_WHOLE_FROM_BYTES`].
     fn tail(&mut self, wanted: usize) -> &mut Vec<u8> {
-        if self.chunks.last().is_none_or(|c| c.len() == self.chunk_bytes) {
-            let capacity = if self.chunks.is_empty() { wanted.min(self.chunk_bytes) } else { self.chunk_bytes };
-            self.chunks.push(Vec::with_capacity(capacity));
+        let chunk_bytes = self.chunk_bytes;
+        match self.chunks.as_mut_slice() {
+            [] => {
+                let chunk = if wanted >= FIRST_CHUNK_WHOLE_FROM_BYTES.min(chunk_bytes) { take_chunk(chunk_bytes) } else { Vec::with_capacity(wanted.min(chunk_bytes)) };
+                self.chunks.push(chunk);
+            }
+            [first] if first.len() < chunk_bytes && first.capacity() < chunk_bytes => {
+                let needed = (first.len() + wanted).min(chunk_bytes);
+                if needed > first.capacity() && needed >= FIRST_CHUNK_WHOLE_FROM_BYTES {
+                    let mut whole = take_chunk(chunk_bytes);
+                    whole.extend_from_slice(first);
+                    *first = whole;
+                }
+            }
+            [.., last] if last.len() == chunk_bytes => self.chunks.push(take_chunk(chunk_bytes)),
+            _ => {}
         }
         self.chunks.last_mut().expect("pushed above")
     }
@@ -150,7 +209,7 @@ impl Chunked {
             return;
         }
         let keep_chunks = len.div_ceil(self.chunk_bytes);
-        self.chunks.truncate(keep_chunks);
+        self.chunks.drain(keep_chunks..).for_each(give_chunk);
         if let Some(last) = self.chunks.last_mut() {
             last.truncate(len - (keep_chunks - 1) * self.chunk_bytes);
         }
@@ -446,6 +505,36 @@ mod tests {
             2 => Just(Op::Fsync),
             1 => (0usize..6).prop_map(Op::Crash),
         ]
+    }
+
+    #[test]
+    fn reused_chunks_never_show_old_bytes() {
+        // Big files in whole chunks (some moved out of a growing first chunk), given back to the
+        // pool by remove, truncation (a crash) and dropping the disk, then reused by files whose
+        // gaps must read as zeros.
+        let pattern = |seed: u8, n: usize| (0..n).map(|i| seed.wrapping_add(i as u8) | 1).collect::<Vec<u8>>();
+        for round in 0..3u8 {
+            let disk = SimDisk::new();
+            let big = pattern(round, FILE_CHUNK_BYTES * 2 + 4321);
+            now(disk.append("a", &big[..1000])).unwrap();
+            now(disk.append("a", &big[1000..])).unwrap();
+            now(disk.fsync("a")).unwrap();
+            now(disk.append("a", &big)).unwrap();
+            disk.crash(TornTail::None);
+            assert_eq!(now(disk.read_all("a")).unwrap(), big);
+            now(disk.remove("a")).unwrap();
+            let gap = FILE_CHUNK_BYTES + 17;
+            now(disk.write_at("b", gap as u64, b"xyz")).unwrap();
+            now(disk.append("c", &pattern(round + 7, 3 * FILE_CHUNK_BYTES))).unwrap();
+            let b = now(disk.read_all("b")).unwrap();
+            assert_eq!(b.len(), gap + 3);
+            assert!(b[..gap].iter().all(|&x| x == 0), "a gap reads as zeros");
+            assert_eq!(&b[gap..], b"xyz");
+            assert_eq!(now(disk.read_all("c")).unwrap(), pattern(round + 7, 3 * FILE_CHUNK_BYTES));
+        }
+        let pool = CHUNK_POOL.lock().unwrap();
+        assert!(pool.len() <= CHUNK_POOL_CHUNKS_MAX);
+        assert!(pool.iter().all(|c| c.is_empty() && c.capacity() == FILE_CHUNK_BYTES));
     }
 
     proptest! {
