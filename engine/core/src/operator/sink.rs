@@ -91,6 +91,12 @@ impl TransactionalId {
         TransactionalId { prefix: prefix.into(), subtask, checkpoint }
     }
 
+    /// `"{prefix}-{subtask}-"`: what every id of `subtask` under `prefix` starts with (and, the
+    /// number being canonical and ended by `-`, no other subtask's id of that prefix).
+    pub fn subtask_prefix(prefix: &str, subtask: u32) -> String {
+        format!("{prefix}-{subtask}-")
+    }
+
     /// Parses the string form `"{prefix}-{subtask}-{checkpoint}"`: a non-empty prefix, then two
     /// canonical decimal numbers (no sign, no leading zero). Anything else is an error.
     pub fn parse(s: &str) -> Result<Self, TransactionalIdError> {

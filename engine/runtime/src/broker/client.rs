@@ -170,7 +170,13 @@ impl BrokerClient {
 
     /// Every transactional id starting with `prefix`, sorted, with its state.
     pub async fn list_transactions(&self, prefix: &str) -> Result<Vec<TxnListing>, BrokerError> {
-        match self.call(BrokerRequest::ListTransactions { prefix: prefix.into() }).await? {
+        self.fence_and_list_transactions(prefix, None).await
+    }
+
+    /// [`list_transactions`](Self::list_transactions) after raising `fence` (see
+    /// [`PrefixFence`]): the fence is durable when the listing answers.
+    pub async fn fence_and_list_transactions(&self, prefix: &str, fence: Option<PrefixFence>) -> Result<Vec<TxnListing>, BrokerError> {
+        match self.call(BrokerRequest::ListTransactions { prefix: prefix.into(), fence }).await? {
             BrokerResponse::Transactions(list) => Ok(list),
             other => Err(unexpected("Transactions", other)),
         }

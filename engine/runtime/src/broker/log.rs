@@ -151,6 +151,14 @@ pub enum MetaEntry {
         /// Why.
         reason: TxnEndReason,
     },
+    /// A [`crate::broker::protocol::PrefixFence`] was raised (appended last: logs written
+    /// before it existed still read).
+    FencePrefix {
+        /// The fenced prefix.
+        prefix: String,
+        /// Its generation.
+        generation: u64,
+    },
 }
 
 /// Frames one entry (a sealed envelope).

@@ -30,7 +30,7 @@ pub use client::{BrokerClient, Producer, RetryPolicy};
 pub use server::{run_broker_server, serve_on};
 
 pub use protocol::{
-    BrokerError, BrokerRequest, BrokerResponse, FetchResult, InitToken, IsolationLevel, OffsetRuns, PackedRecords, ProducerEpoch, ProducerId, ProducerStamp,
+    BrokerError, BrokerRequest, BrokerResponse, FetchResult, InitToken, IsolationLevel, OffsetRuns, PackedRecords, PrefixFence, ProducerEpoch, ProducerId, ProducerStamp,
     Record, TxnEndReason, TxnListing, TxnOutcome, TxnState,
 };
 pub use state::{BrokerConfig, BrokerState, Staged};

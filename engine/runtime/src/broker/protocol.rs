@@ -347,10 +347,13 @@ pub enum BrokerRequest {
         /// Commit or abort.
         outcome: TxnOutcome,
     },
-    /// Every transactional id starting with `prefix`, sorted, with its state.
+    /// Every transactional id starting with `prefix`, sorted, with its state — after applying
+    /// `fence`, if given (durably, in the same step: see [`PrefixFence`]).
     ListTransactions {
         /// The prefix (empty for all).
         prefix: String,
+        /// A fence to raise before listing.
+        fence: Option<PrefixFence>,
     },
     /// Reads records from one partition.
     Fetch {
@@ -372,7 +375,10 @@ pub enum BrokerRequest {
 impl BrokerRequest {
     /// True when the request only reads state (no disk writes).
     pub fn is_read_only(&self) -> bool {
-        matches!(self, BrokerRequest::Metadata { .. } | BrokerRequest::ListTransactions { .. } | BrokerRequest::Fetch { .. })
+        matches!(
+            self,
+            BrokerRequest::Metadata { .. } | BrokerRequest::ListTransactions { fence: None, .. } | BrokerRequest::Fetch { .. }
+        )
     }
 }
 
@@ -437,6 +443,27 @@ pub struct InitToken {
     pub sequence: u64,
 }
 
+/// Fences every transactional id starting with `prefix` below `generation` (floe's addition to
+/// [`InitToken`]): once a fence is raised, an `InitTransactions` of such an id whose token's
+/// generation is older is refused ([`BrokerError::PrefixFenced`]), whether or not the id exists
+/// yet. The token of one id cannot do this: a zombie writer (a task manager cut off from the job
+/// manager but not from the broker) opens the transactions of checkpoints the new attempt never
+/// names, in ids the new attempt never touches — after the new attempt's restore listed and
+/// fenced the ids that existed. Such a transaction stays open and holds back every
+/// read-committed consumer of its partitions until the broker's transaction timeout (Kafka's
+/// hanging transactions, KIP-890). A restore raises the fence over its subtask's ids in the same
+/// request that lists them, so every id the zombie could write to is either in the listing (and
+/// fenced by an init) or can no longer be initialized by it. Inits without a token are not
+/// affected. Fences only rise, are durable, and are bounded by
+/// [`super::state::BrokerConfig::prefix_fences_max`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefixFence {
+    /// The ids fenced: every one starting with this (non-empty).
+    pub prefix: String,
+    /// Inits with an older token generation are refused.
+    pub generation: u64,
+}
+
 /// The longest transactional id, in bytes.
 pub const TRANSACTIONAL_ID_BYTES_MAX: usize = 1024;
 
@@ -477,6 +504,18 @@ pub enum BrokerError {
         token: InitToken,
         /// The last token the id accepted.
         last: InitToken,
+    },
+    /// An `InitTransactions` whose token is older than a [`PrefixFence`] over its id.
+    #[error("init of {transactional_id:?} with token {token:?} is below the fence of {prefix:?} at generation {generation}")]
+    PrefixFenced {
+        /// The transactional id.
+        transactional_id: String,
+        /// The request's token.
+        token: InitToken,
+        /// The fenced prefix.
+        prefix: String,
+        /// The fence's generation.
+        generation: u64,
     },
     /// A newer epoch of this producer exists: this one is a zombie.
     #[error("producer {producer_id} epoch {epoch} is fenced by epoch {current_epoch}")]

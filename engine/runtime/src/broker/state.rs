@@ -84,6 +84,8 @@ pub struct BrokerConfig {
     pub request_queue_max: usize,
     /// How often the server checks transaction timeouts.
     pub expiry_check_interval_ms: u64,
+    /// Most [`PrefixFence`]s kept (one per sink subtask in floe).
+    pub prefix_fences_max: usize,
 }
 
 impl Default for BrokerConfig {
@@ -105,6 +107,7 @@ impl Default for BrokerConfig {
             group_commit_requests_max: 256,
             request_queue_max: 4_096,
             expiry_check_interval_ms: 100,
+            prefix_fences_max: 100_000,
         }
     }
 }
@@ -235,6 +238,8 @@ pub struct BrokerState {
     /// transactions whose markers a crash lost. Only filled between replay and
     /// `finish_recovery` (live decisions write their markers at once).
     decided: BTreeMap<(ProducerId, u64), (ProducerEpoch, TxnOutcome)>,
+    /// Raised [`PrefixFence`]s: prefix → generation.
+    fences: BTreeMap<String, u64>,
 }
 
 fn limit(limit: &str, detail: String) -> BrokerError {
@@ -252,7 +257,7 @@ fn valid_topic_name(name: &str) -> bool {
 impl BrokerState {
     /// An empty broker.
     pub fn new(config: BrokerConfig) -> Self {
-        BrokerState { config, topics: BTreeMap::new(), txns: BTreeMap::new(), owners: BTreeMap::new(), next_producer_id: 0, decided: BTreeMap::new() }
+        BrokerState { config, topics: BTreeMap::new(), txns: BTreeMap::new(), owners: BTreeMap::new(), next_producer_id: 0, decided: BTreeMap::new(), fences: BTreeMap::new() }
     }
 
     /// The configuration.
@@ -339,6 +344,10 @@ impl BrokerState {
                         TxnOutcome::Abort => TxnState::CompleteAbort(*reason),
                     };
                 }
+            }
+            MetaEntry::FencePrefix { prefix, generation } => {
+                let fence = self.fences.entry(prefix.clone()).or_insert(*generation);
+                *fence = (*fence).max(*generation);
             }
         }
     }
@@ -515,7 +524,12 @@ impl BrokerState {
             BrokerRequest::EndTransaction { transactional_id, producer_id, epoch, outcome } => {
                 self.end_transaction(&transactional_id, producer_id, epoch, outcome, now_ms, staged)
             }
-            BrokerRequest::ListTransactions { prefix } => Ok(BrokerResponse::Transactions(self.list_transactions(&prefix))),
+            BrokerRequest::ListTransactions { prefix, fence } => {
+                if let Some(fence) = fence {
+                    self.raise_fence(fence, now_ms, staged)?;
+                }
+                Ok(BrokerResponse::Transactions(self.list_transactions(&prefix)))
+            }
             BrokerRequest::Fetch { topic, partition, from_offset, records_max, bytes_max, isolation } => {
                 self.fetch(&topic, partition, from_offset, records_max, bytes_max, isolation).map(BrokerResponse::Fetched)
             }
@@ -689,6 +703,11 @@ impl BrokerState {
                 self.config.transaction_timeout_ms_max
             )));
         }
+        if let Some(token) = token {
+            if let Some((prefix, generation)) = self.fence_over(&tid).filter(|(_, g)| token.generation < *g) {
+                return Err(BrokerError::PrefixFenced { transactional_id: tid, token, prefix: prefix.to_string(), generation });
+            }
+        }
         if let (Some(token), Some(meta)) = (token, self.txns.get(&tid)) {
             match meta.last_token {
                 Some(last) if token < last => {
@@ -722,6 +741,34 @@ impl BrokerState {
         let entry = MetaEntry::InitTransactions { transactional_id: tid, producer_id, epoch, transaction_timeout_ms: timeout_ms, token };
         self.emit_meta(staged, entry, now_ms);
         Ok(BrokerResponse::ProducerId { producer_id, epoch })
+    }
+
+    /// Raises `fence` (durably) unless an equal or higher one is up already.
+    fn raise_fence(&mut self, fence: PrefixFence, now_ms: u64, staged: &mut Staged) -> Result<(), BrokerError> {
+        let PrefixFence { prefix, generation } = fence;
+        if prefix.is_empty() || prefix.len() > TRANSACTIONAL_ID_BYTES_MAX {
+            return Err(BrokerError::InvalidRequest(format!("invalid fence prefix of {} bytes", prefix.len())));
+        }
+        match self.fences.get(&prefix) {
+            Some(up) if *up >= generation => return Ok(()),
+            Some(_) => {}
+            None if self.fences.len() >= self.config.prefix_fences_max => {
+                return Err(limit("prefix_fences_max", format!("{} fences", self.fences.len())));
+            }
+            None => {}
+        }
+        self.emit_meta(staged, MetaEntry::FencePrefix { prefix, generation }, now_ms);
+        Ok(())
+    }
+
+    /// The highest fence over `tid` (a raised prefix it starts with), if any.
+    fn fence_over(&self, tid: &str) -> Option<(&str, u64)> {
+        // Every prefix of `tid` sorts at or before it; the fences are few (one per sink subtask).
+        self.fences
+            .range::<str, _>((std::ops::Bound::Unbounded, std::ops::Bound::Included(tid)))
+            .filter(|(prefix, _)| tid.starts_with(prefix.as_str()))
+            .max_by_key(|(_, generation)| **generation)
+            .map(|(prefix, generation)| (prefix.as_str(), *generation))
     }
 
     fn prepare(
@@ -1066,6 +1113,66 @@ mod tests {
             replayed.apply_meta(entry, 0);
         }
         assert!(matches!(run(&mut replayed, req(2, 5), 0), Err(BrokerError::StaleInit { .. })));
+    }
+
+    fn fence_and_list(b: &mut BrokerState, prefix: &str, generation: u64, staged: &mut Staged) -> Result<Vec<TxnListing>, BrokerError> {
+        let fence = Some(PrefixFence { prefix: prefix.into(), generation });
+        match b.handle(BrokerRequest::ListTransactions { prefix: String::new(), fence }, 0, staged)? {
+            BrokerResponse::Transactions(rows) => Ok(rows),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_prefix_fence_refuses_older_inits_of_every_id_under_it_even_ids_that_do_not_exist_yet() {
+        let mut b = broker();
+        let mut staged = Staged::default();
+        init_with(&mut b, "sink-1-2", 1, 1).unwrap();
+        let listed = fence_and_list(&mut b, "sink-1-", 2, &mut staged).unwrap();
+        assert_eq!(listed.iter().map(|r| r.transactional_id.as_str()).collect::<Vec<_>>(), ["sink-1-2"], "the listing still answers");
+        assert_eq!(staged.meta, vec![MetaEntry::FencePrefix { prefix: "sink-1-".into(), generation: 2 }], "the fence is logged");
+        // The zombie of generation 1 cannot initialize a new id under the prefix, nor the old one.
+        assert_eq!(
+            init_with(&mut b, "sink-1-3", 1, 7),
+            Err(BrokerError::PrefixFenced {
+                transactional_id: "sink-1-3".into(),
+                token: InitToken { generation: 1, sequence: 7 },
+                prefix: "sink-1-".into(),
+                generation: 2,
+            })
+        );
+        assert!(matches!(init_with(&mut b, "sink-1-2", 1, 8), Err(BrokerError::PrefixFenced { .. })));
+        assert!(!b.list_transactions("sink-1-3").iter().any(|r| r.transactional_id == "sink-1-3"), "nothing was created");
+        // The fencing generation and newer ones may; other subtasks' ids and tokenless inits are not fenced.
+        assert!(init_with(&mut b, "sink-1-3", 2, 1).is_ok());
+        assert!(init_with(&mut b, "sink-1-4", 3, 1).is_ok());
+        assert!(init_with(&mut b, "sink-10-3", 1, 1).is_ok(), "\"sink-1-\" does not cover subtask 10");
+        assert!(init_with(&mut b, "sink-2-3", 1, 1).is_ok());
+        init(&mut b, "sink-1-5");
+        // A fence only rises: a lower one changes nothing and logs nothing.
+        let mut lower = Staged::default();
+        fence_and_list(&mut b, "sink-1-", 1, &mut lower).unwrap();
+        assert!(lower.meta.is_empty());
+        assert!(matches!(init_with(&mut b, "sink-1-6", 1, 9), Err(BrokerError::PrefixFenced { generation: 2, .. })));
+        // An empty prefix would fence everything: refused.
+        assert!(matches!(fence_and_list(&mut b, "", 9, &mut Staged::default()), Err(BrokerError::InvalidRequest(_))));
+    }
+
+    #[test]
+    fn a_prefix_fence_survives_a_replay_of_the_metadata_log_and_is_bounded() {
+        let mut b = BrokerState::new(BrokerConfig { prefix_fences_max: 2, ..BrokerConfig::default() });
+        let mut staged = Staged::default();
+        fence_and_list(&mut b, "sink-0-", 4, &mut staged).unwrap();
+        fence_and_list(&mut b, "sink-1-", 4, &mut staged).unwrap();
+        assert!(matches!(fence_and_list(&mut b, "sink-2-", 4, &mut staged), Err(BrokerError::LimitExceeded { .. })));
+        fence_and_list(&mut b, "sink-1-", 5, &mut staged).unwrap();
+        let mut replayed = BrokerState::new(BrokerConfig::default());
+        for entry in &staged.meta {
+            replayed.apply_meta(entry, 0);
+        }
+        assert!(matches!(init_with(&mut replayed, "sink-0-9", 3, 1), Err(BrokerError::PrefixFenced { generation: 4, .. })));
+        assert!(matches!(init_with(&mut replayed, "sink-1-9", 4, 1), Err(BrokerError::PrefixFenced { generation: 5, .. })));
+        assert!(init_with(&mut replayed, "sink-1-9", 5, 1).is_ok());
     }
 
     #[test]

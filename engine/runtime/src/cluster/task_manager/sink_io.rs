@@ -11,17 +11,19 @@
 //! * `Commit{id}` → commit with the producer held for the id, or — after a restore, for an id
 //!   this subtask did not open — with the producer id and epoch `list_transactions` reports
 //!   (commit is idempotent, so committing a committed transaction is fine).
-//! * `AbortLater{..}` → `list_transactions(prefix)` and fence each one that
+//! * `AbortLater{..}` → raise a [`PrefixFence`] over this subtask's ids at this attempt and, in
+//!   the same request, `list_transactions(prefix)`; then fence each listed id that
 //!   [`SinkCommand::aborts`] covers, open or not (`init_transactions`: a new epoch aborts an open
 //!   transaction and rejects the old producer's later writes, so a zombie can neither reopen it
-//!   nor open one in an id it had initialized).
+//!   nor open one in an id it had initialized). The prefix fence stops a zombie of an older
+//!   attempt from initializing an id that did not exist yet at the listing.
 //! * `PlainWrite{records}` → idempotent produce outside any transaction (the at-least-once control).
 //!
 //! Transient broker errors are retried ([`SINK_RETRY`]); a permanent one (fenced, timed out,
 //! aborted, a commit the broker refuses) is a [`SinkFailure`]: the subtask fails and the job
 //! restarts from its latest completed checkpoint.
 
-use crate::broker::{BrokerClient, BrokerError, InitToken, Producer, RetryPolicy, TxnState};
+use crate::broker::{BrokerClient, BrokerError, InitToken, PrefixFence, Producer, RetryPolicy, TxnState};
 use floe_core::ids::{AttemptId, PartitionId, SubtaskId};
 use floe_core::operator::{SinkCommand, TransactionalId};
 use std::collections::BTreeMap;
@@ -125,8 +127,15 @@ impl SinkIo {
                 tracing::info!(event = "sink_committed", attempt, subtask = %subtask, txn = %tid);
             }
             command @ SinkCommand::AbortLater { .. } => {
-                let SinkCommand::AbortLater { prefix, .. } = &command else { unreachable!("matched above") };
-                let listing = self.list(prefix).await?;
+                let SinkCommand::AbortLater { prefix, owner, .. } = &command else { unreachable!("matched above") };
+                // The fence first, in the same step as the listing: a zombie of an older attempt
+                // (cut off from the job manager, not from the broker) could otherwise initialize
+                // the id of a later checkpoint after the listing, open a transaction nobody ever
+                // ends, and hold back every read-committed consumer (random-faults seed 7664).
+                let fence = PrefixFence { prefix: TransactionalId::subtask_prefix(prefix, *owner), generation: self.attempt.0 };
+                let listing = with_retries(|| self.client.fence_and_list_transactions(prefix, Some(fence.clone())))
+                    .await
+                    .map_err(|e| fail(format!("fence and list transactions {prefix}"), e))?;
                 for row in listing {
                     let Ok(id) = TransactionalId::parse(&row.transactional_id) else { continue };
                     if !command.aborts(&id) {
@@ -145,7 +154,7 @@ impl SinkIo {
                     match result {
                         Ok(_) => tracing::info!(event = "sink_aborted", attempt, subtask = %subtask, txn = %row.transactional_id),
                         // Someone (a newer Begin) bumped the epoch since the listing: it is theirs now.
-                        Err(BrokerError::Fenced { .. } | BrokerError::StaleInit { .. }) => {}
+                        Err(BrokerError::Fenced { .. } | BrokerError::StaleInit { .. } | BrokerError::PrefixFenced { .. }) => {}
                         Err(e) => return Err(fail(format!("abort {}", row.transactional_id), e)),
                     }
                 }
