@@ -50,7 +50,7 @@ mod metadata;
 
 pub use metadata::{
     BlobRef, CheckpointMetadata, HandleError, KeyGroupSlice, KeyGroupStateRef, KeyedStateHandle, OperatorCheckpoint,
-    RestoreError, SubtaskRestore, SubtaskStateHandle, METADATA_FORMAT_VERSION, METADATA_MAGIC,
+    RestoreError, SubtaskRestore, SubtaskStateHandle, METADATA_FORMAT_VERSION, METADATA_FORMAT_VERSION_V1, METADATA_MAGIC,
 };
 
 use crate::element::Barrier;

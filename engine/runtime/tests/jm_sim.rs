@@ -130,7 +130,7 @@ fn handle_for(spec: &JobSpec, subtask: SubtaskId, checkpoint: CheckpointId, atte
             key_groups: range.iter().map(|kg| KeyGroupSlice { key_group: kg, offset: 0, len: 0 }).collect(),
         }
     });
-    SubtaskStateHandle { subtask, keyed, operator: Some(BlobRef { key: format!("{base}.operator"), len: 1, crc32: 0 }) }
+    SubtaskStateHandle { subtask, keyed, operator: Some(BlobRef { key: format!("{base}.operator"), len: 1, crc32: 0 }), data_ended: false }
 }
 
 fn start_tm(id: u32, slots: u32, started: tokio::time::Instant) -> FakeTm {

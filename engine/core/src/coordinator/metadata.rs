@@ -15,6 +15,20 @@
 //!   — nothing lost, nothing duplicated — and the operator-state blob of every old subtask (the
 //!   state module splits list state evenly and hands union state to everyone, as Flink does).
 //!
+//! **Finished on restore** (Flink's FLIP-147: `OperatorSubtaskState#isFinished`,
+//! `FullyFinishedOperatorState`, `TaskStateSnapshot#isTaskDeployedAsFinished`): a handle records
+//! whether the subtask's data had ended — its chain's `end_of_input` had run and `EndOfData` had
+//! gone out — when it snapshotted ([`SubtaskStateHandle::data_ended`]). What `end_of_input`
+//! emitted is then inside the checkpoint (in its sinks' committed transactions), so a subtask
+//! restored from it must not run `end_of_input` again; [`SubtaskRestore::data_ended`] tells it.
+//! At the same parallelism each new subtask takes its old subtask's flag. At another parallelism
+//! an operator restores as finished only if every old subtask had finished, and as running only
+//! if none had; a partly finished operator is refused ([`RestoreError::PartiallyFinished`]), as
+//! Flink refuses to rescale a partly finished operator.
+//!
+//! **Format versions**: version 2 added `data_ended`. Metadata of version 1 (written before it)
+//! still decodes, every subtask read as not finished — what that build did on restore.
+//!
 //! **Contract for keyed handles**: a keyed handle lists *every* key group of its subtask's range,
 //! empty key groups included (with `len: 0`). The coordinator rejects an acknowledgement whose
 //! keyed handle does not cover its range exactly, so a completed checkpoint always restores.
@@ -27,8 +41,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// The magic of a checkpoint-metadata envelope.
 pub const METADATA_MAGIC: [u8; 4] = *b"FLCM";
-/// The format version of checkpoint metadata this build writes and reads.
-pub const METADATA_FORMAT_VERSION: u16 = 1;
+/// The format version of checkpoint metadata this build writes (2: handles carry
+/// [`SubtaskStateHandle::data_ended`]). [`CheckpointMetadata::from_bytes`] also reads
+/// [`METADATA_FORMAT_VERSION_V1`].
+pub const METADATA_FORMAT_VERSION: u16 = 2;
+/// The previous format version, still read: handles without `data_ended` (read as `false`).
+pub const METADATA_FORMAT_VERSION_V1: u16 = 1;
 
 /// A blob in the checkpoint blob store, with what is needed to check it when read back.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -70,12 +88,17 @@ pub struct SubtaskStateHandle {
     pub keyed: Option<KeyedStateHandle>,
     /// Its operator state (list / union list state), if any.
     pub operator: Option<BlobRef>,
+    /// The subtask's data had ended when it snapshotted: its chain's `end_of_input` had run and
+    /// `EndOfData` had gone out on every output (Flink's `OperatorSubtaskState#isFinished`). A
+    /// subtask restored from this handle does not run `end_of_input` again.
+    #[serde(default)]
+    pub data_ended: bool,
 }
 
 impl SubtaskStateHandle {
-    /// A handle with no state at all (a stateless subtask still acknowledges).
+    /// A handle with no state at all (a stateless subtask still acknowledges), data not ended.
     pub fn empty(subtask: SubtaskId) -> Self {
-        SubtaskStateHandle { subtask, keyed: None, operator: None }
+        SubtaskStateHandle { subtask, keyed: None, operator: None, data_ended: false }
     }
 
     /// Every blob this handle names (keyed first, then operator).
@@ -181,9 +204,16 @@ impl CheckpointMetadata {
         codec::seal_value(METADATA_MAGIC, METADATA_FORMAT_VERSION, self)
     }
 
-    /// Decodes metadata; a corrupt, truncated or foreign blob is a typed error.
+    /// Decodes metadata of [`METADATA_FORMAT_VERSION`] or [`METADATA_FORMAT_VERSION_V1`] (whose
+    /// handles read as data not ended); a corrupt, truncated or foreign blob, or another version,
+    /// is a typed error.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CodecError> {
-        codec::open_value(METADATA_MAGIC, METADATA_FORMAT_VERSION, bytes)
+        match codec::open_value(METADATA_MAGIC, METADATA_FORMAT_VERSION, bytes) {
+            Err(CodecError::UnsupportedVersion { found: METADATA_FORMAT_VERSION_V1, .. }) => {
+                codec::open_value::<v1::CheckpointMetadata>(METADATA_MAGIC, METADATA_FORMAT_VERSION_V1, bytes).map(Into::into)
+            }
+            decoded => decoded,
+        }
     }
 
     /// Every distinct blob the checkpoint names (what to delete when it is discarded, besides
@@ -234,9 +264,12 @@ impl CheckpointMetadata {
         }
         debug_assert!(!keyed || by_key_group.len() as u32 == max_parallelism);
 
+        let data_ended = finished_on_restore(operator, op, &old, new_parallelism)?;
+        debug_assert_eq!(data_ended.len(), new_parallelism as usize);
         let operator_state: Vec<BlobRef> = old.iter().filter_map(|h| h.operator.clone()).collect();
         let assignment: Vec<SubtaskRestore> = (0..new_parallelism)
-            .map(|i| {
+            .zip(data_ended)
+            .map(|(i, data_ended)| {
                 let subtask = SubtaskIndex(i);
                 let key_group_range = KeyGroupRange::for_operator_index(max_parallelism, new_parallelism, subtask);
                 let keyed_state = if keyed {
@@ -244,11 +277,90 @@ impl CheckpointMetadata {
                 } else {
                     Vec::new()
                 };
-                SubtaskRestore { subtask, key_group_range, keyed: keyed_state, operator_state: operator_state.clone() }
+                SubtaskRestore { subtask, key_group_range, keyed: keyed_state, operator_state: operator_state.clone(), data_ended }
             })
             .collect();
         debug_assert_eq!(assignment.len(), new_parallelism as usize);
         Ok(assignment)
+    }
+}
+
+/// Which new subtasks of `operator` restore as finished (data ended), one flag per new subtask.
+///
+/// At the parallelism of the checkpoint, new subtask `i` takes old subtask `i`'s flag (a subtask
+/// missing from the checkpoint restores as running). At another parallelism the old subtasks must
+/// agree: all finished (Flink's `FullyFinishedOperatorState`: every new subtask is finished on
+/// restore) or none; otherwise [`RestoreError::PartiallyFinished`] — the key groups and operator
+/// state of a finished subtask would be spread over subtasks that still consume input, and one
+/// flag per new subtask could not say which part of them had ended.
+fn finished_on_restore(operator: OperatorId, op: &OperatorCheckpoint, old: &[&SubtaskStateHandle], new_parallelism: u32) -> Result<Vec<bool>, RestoreError> {
+    if new_parallelism == op.parallelism {
+        let by_index: BTreeMap<SubtaskIndex, bool> = old.iter().map(|h| (h.subtask.index, h.data_ended)).collect();
+        return Ok((0..new_parallelism).map(|i| by_index.get(&SubtaskIndex(i)).copied().unwrap_or(false)).collect());
+    }
+    let finished = old.iter().filter(|h| h.data_ended).count() as u32;
+    let all = !old.is_empty() && finished == old.len() as u32 && old.len() as u32 == op.parallelism;
+    if finished == 0 || all {
+        return Ok(vec![all; new_parallelism as usize]);
+    }
+    Err(RestoreError::PartiallyFinished { operator, finished, parallelism: op.parallelism, new_parallelism })
+}
+
+/// Checkpoint metadata of format version 1 (before [`SubtaskStateHandle::data_ended`]), read
+/// only: the same types without that field.
+mod v1 {
+    use super::{BlobRef, KeyedStateHandle};
+    use crate::ids::{AttemptId, CheckpointId, OperatorId, SubtaskId};
+    use serde::Deserialize;
+    use std::collections::BTreeMap;
+
+    #[derive(Deserialize)]
+    pub(super) struct SubtaskStateHandle {
+        subtask: SubtaskId,
+        keyed: Option<KeyedStateHandle>,
+        operator: Option<BlobRef>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct OperatorCheckpoint {
+        parallelism: u32,
+        max_parallelism: u32,
+        subtasks: Vec<SubtaskStateHandle>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct CheckpointMetadata {
+        checkpoint_id: CheckpointId,
+        attempt: AttemptId,
+        triggered_at_ms: u64,
+        completed_at_ms: u64,
+        is_final: bool,
+        operators: BTreeMap<OperatorId, OperatorCheckpoint>,
+    }
+
+    impl From<CheckpointMetadata> for super::CheckpointMetadata {
+        fn from(m: CheckpointMetadata) -> Self {
+            let operators = m
+                .operators
+                .into_iter()
+                .map(|(id, op)| {
+                    let subtasks = op
+                        .subtasks
+                        .into_iter()
+                        .map(|h| super::SubtaskStateHandle { subtask: h.subtask, keyed: h.keyed, operator: h.operator, data_ended: false })
+                        .collect();
+                    (id, super::OperatorCheckpoint { parallelism: op.parallelism, max_parallelism: op.max_parallelism, subtasks })
+                })
+                .collect();
+            super::CheckpointMetadata {
+                checkpoint_id: m.checkpoint_id,
+                attempt: m.attempt,
+                triggered_at_ms: m.triggered_at_ms,
+                completed_at_ms: m.completed_at_ms,
+                is_final: m.is_final,
+                operators,
+            }
+        }
     }
 }
 
@@ -274,6 +386,11 @@ pub struct SubtaskRestore {
     /// Every old subtask's operator-state blob, in old subtask order (subtasks without operator
     /// state are skipped).
     pub operator_state: Vec<BlobRef>,
+    /// The subtask is finished on restore (Flink's `TaskStateSnapshot#isTaskFinished`): its data
+    /// had ended when the checkpoint was taken, so what its chain's `end_of_input` emitted is
+    /// already in the checkpoint. It must not run `end_of_input` again; when its input ends it
+    /// only sends `EndOfData` on.
+    pub data_ended: bool,
 }
 
 /// Why a checkpoint cannot be restored for an operator at a parallelism.
@@ -306,6 +423,19 @@ pub enum RestoreError {
     /// A key group snapshotted twice.
     #[error("{0} is present twice in the checkpoint")]
     DuplicateKeyGroup(KeyGroup),
+    /// Some but not all subtasks of the operator had finished (their data ended) when the
+    /// checkpoint was taken, and the restore changes the operator's parallelism.
+    #[error("{operator} cannot be rescaled from {parallelism} to {new_parallelism}: {finished} of its subtasks had finished when the checkpoint was taken")]
+    PartiallyFinished {
+        /// The operator.
+        operator: OperatorId,
+        /// Old subtasks whose data had ended.
+        finished: u32,
+        /// The parallelism in the checkpoint.
+        parallelism: u32,
+        /// The requested parallelism.
+        new_parallelism: u32,
+    },
 }
 
 #[cfg(test)]
@@ -328,6 +458,7 @@ pub(crate) mod tests {
             subtask: SubtaskId::new(operator, index),
             keyed: Some(KeyedStateHandle { blob: BlobRef { key: format!("{tag}/{operator}/{index}/keyed"), len, crc32: index }, key_groups }),
             operator: Some(BlobRef { key: format!("{tag}/{operator}/{index}/op"), len: 1, crc32: 0 }),
+            data_ended: false,
         }
     }
 
@@ -446,6 +577,115 @@ pub(crate) mod tests {
         assert_eq!(SubtaskStateHandle::empty(me).validate(me, range), Ok(()));
     }
 
+    /// `metadata_with(OP, p, 8)` whose subtasks listed in `ended` had finished.
+    fn metadata_ended(p: u32, ended: &[u32]) -> CheckpointMetadata {
+        let mut meta = metadata_with(OP, p, 8);
+        for h in &mut meta.operators.get_mut(&OP).unwrap().subtasks {
+            h.data_ended = ended.contains(&h.subtask.index.0);
+        }
+        meta
+    }
+
+    #[test]
+    fn each_restored_subtask_learns_whether_its_data_had_ended() {
+        /// (case, old parallelism, old subtasks finished, new parallelism, each new subtask's flag)
+        type Case = (&'static str, u32, &'static [u32], u32, Result<Vec<bool>, RestoreError>);
+        let cases: Vec<Case> = vec![
+            ("none finished, same parallelism", 3, &[], 3, Ok(vec![false, false, false])),
+            ("one finished, same parallelism: only it", 3, &[1], 3, Ok(vec![false, true, false])),
+            ("all finished, same parallelism", 2, &[0, 1], 2, Ok(vec![true, true])),
+            ("none finished, scaled out", 2, &[], 3, Ok(vec![false, false, false])),
+            ("all finished, scaled out: finished on restore", 2, &[0, 1], 3, Ok(vec![true, true, true])),
+            ("all finished, scaled in", 3, &[0, 1, 2], 1, Ok(vec![true])),
+            (
+                "partly finished, scaled in: refused",
+                3,
+                &[2],
+                2,
+                Err(RestoreError::PartiallyFinished { operator: OP, finished: 1, parallelism: 3, new_parallelism: 2 }),
+            ),
+            (
+                "partly finished, scaled out: refused",
+                2,
+                &[0],
+                4,
+                Err(RestoreError::PartiallyFinished { operator: OP, finished: 1, parallelism: 2, new_parallelism: 4 }),
+            ),
+        ];
+        for (name, p, ended, q, want) in cases {
+            let got = metadata_ended(p, ended).restore_assignment(OP, q).map(|a| a.iter().map(|r| r.data_ended).collect::<Vec<_>>());
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn data_ended_survives_the_metadata_round_trip() {
+        let meta = metadata_ended(3, &[0, 2]);
+        let back = CheckpointMetadata::from_bytes(&meta.to_bytes().unwrap()).unwrap();
+        assert_eq!(back, meta);
+        let flags: Vec<bool> = back.operators[&OP].subtasks.iter().map(|h| h.data_ended).collect();
+        assert_eq!(flags, vec![true, false, true]);
+    }
+
+    /// The version-1 layout of a handle, as that build serialized it (no `data_ended`).
+    #[derive(Serialize)]
+    struct HandleV1<'a> {
+        subtask: SubtaskId,
+        keyed: &'a Option<KeyedStateHandle>,
+        operator: &'a Option<BlobRef>,
+    }
+
+    #[derive(Serialize)]
+    struct OperatorV1<'a> {
+        parallelism: u32,
+        max_parallelism: u32,
+        subtasks: Vec<HandleV1<'a>>,
+    }
+
+    #[derive(Serialize)]
+    struct MetadataV1<'a> {
+        checkpoint_id: CheckpointId,
+        attempt: AttemptId,
+        triggered_at_ms: u64,
+        completed_at_ms: u64,
+        is_final: bool,
+        operators: BTreeMap<OperatorId, OperatorV1<'a>>,
+    }
+
+    fn as_v1(meta: &CheckpointMetadata) -> MetadataV1<'_> {
+        let operators = meta
+            .operators
+            .iter()
+            .map(|(id, op)| {
+                let subtasks = op.subtasks.iter().map(|h| HandleV1 { subtask: h.subtask, keyed: &h.keyed, operator: &h.operator }).collect();
+                (*id, OperatorV1 { parallelism: op.parallelism, max_parallelism: op.max_parallelism, subtasks })
+            })
+            .collect();
+        MetadataV1 {
+            checkpoint_id: meta.checkpoint_id,
+            attempt: meta.attempt,
+            triggered_at_ms: meta.triggered_at_ms,
+            completed_at_ms: meta.completed_at_ms,
+            is_final: meta.is_final,
+            operators,
+        }
+    }
+
+    #[test]
+    fn version_one_metadata_still_decodes_with_no_subtask_finished() {
+        let meta = metadata_with(OP, 3, 16);
+        let v1 = codec::seal_value(METADATA_MAGIC, METADATA_FORMAT_VERSION_V1, &as_v1(&meta)).unwrap();
+        assert_eq!(CheckpointMetadata::from_bytes(&v1).unwrap(), meta, "every handle reads as not finished");
+        // A version-2 body under a version-1 header is not silently misread, nor the reverse.
+        let mislabelled = codec::seal_value(METADATA_MAGIC, METADATA_FORMAT_VERSION_V1, &metadata_ended(2, &[1])).unwrap();
+        assert!(CheckpointMetadata::from_bytes(&mislabelled).is_err());
+        let unknown = codec::seal_value(METADATA_MAGIC, METADATA_FORMAT_VERSION + 1, &meta).unwrap();
+        assert!(matches!(
+            CheckpointMetadata::from_bytes(&unknown),
+            Err(CodecError::UnsupportedVersion { expected: METADATA_FORMAT_VERSION, found }) if found == METADATA_FORMAT_VERSION + 1
+        ));
+    }
+
     proptest! {
         /// Restoring at any parallelism q from any parallelism p assigns every key group to
         /// exactly one new subtask — the one `operator_index_for_key_group` names — with the
@@ -469,6 +709,26 @@ pub(crate) mod tests {
                 }
             }
             prop_assert_eq!(owner.len() as u32, max_p);
+        }
+
+        /// Finished on restore: at the same parallelism every subtask keeps its own flag; at
+        /// another one an operator restores all finished or all running exactly when its old
+        /// subtasks agreed, and is refused otherwise. A restore never invents an ended subtask.
+        #[test]
+        fn finished_on_restore_follows_the_old_subtasks(p in 1u32..=8, q in 1u32..=8, ended_bits in 0u32..256) {
+            let ended: Vec<u32> = (0..p).filter(|i| ended_bits & (1 << i) != 0).collect();
+            let got = metadata_ended(p, &ended).restore_assignment(OP, q);
+            let finished = ended.len() as u32;
+            if p == q {
+                let flags: Vec<bool> = got.unwrap().iter().map(|r| r.data_ended).collect();
+                prop_assert_eq!(flags, (0..p).map(|i| ended.contains(&i)).collect::<Vec<_>>());
+            } else if finished == 0 || finished == p {
+                let got = got.unwrap();
+                prop_assert_eq!(got.len() as u32, q);
+                prop_assert!(got.iter().all(|r| r.data_ended == (finished == p)));
+            } else {
+                prop_assert_eq!(got.unwrap_err(), RestoreError::PartiallyFinished { operator: OP, finished, parallelism: p, new_parallelism: q });
+            }
         }
     }
 }

@@ -223,7 +223,7 @@ mod tests {
             blob: BlobRef { key: format!("k{index}"), len: 0, crc32: 0 },
             key_groups: range.iter().map(|kg| KeyGroupSlice { key_group: kg, offset: 0, len: 0 }).collect(),
         });
-        SubtaskStateHandle { subtask: SubtaskId::new(op, index), keyed, operator: Some(BlobRef { key: format!("o{op}-{index}"), len: 1, crc32: 0 }) }
+        SubtaskStateHandle { subtask: SubtaskId::new(op, index), keyed, operator: Some(BlobRef { key: format!("o{op}-{index}"), len: 1, crc32: 0 }), data_ended: false }
     }
 
     fn metadata(source_p: u32, keyed_p: u32) -> CheckpointMetadata {
@@ -262,6 +262,29 @@ mod tests {
         other.operators.remove(&KEYED);
         let err = place(&topology(2, 2), &[tm(0), tm(1)], &ips, Some(&other)).unwrap_err();
         assert_eq!(err, PlacementError::Restore(RestoreError::UnknownOperator(KEYED)));
+    }
+
+    #[test]
+    fn each_deployment_learns_whether_its_subtask_is_finished_on_restore() {
+        let ips: BTreeMap<_, IpAddr> = [(tm(0), "10.0.1.1".parse().unwrap())].into();
+        // Source subtask 1 and both keyed subtasks had ended; source subtask 0 had not.
+        let mut meta = metadata(2, 2);
+        for op in meta.operators.values_mut() {
+            for h in &mut op.subtasks {
+                h.data_ended = h.subtask != SubtaskId::new(SRC, 0);
+            }
+        }
+        let p = place(&topology(2, 2), &[tm(0), tm(0)], &ips, Some(&meta)).unwrap();
+        let got: Vec<(SubtaskId, bool)> = p.per_tm[&tm(0)].iter().map(|d| (d.subtask, d.restore.as_ref().expect("restored").data_ended)).collect();
+        let want = [(SRC, 0, false), (KEYED, 0, true), (SRC, 1, true), (KEYED, 1, true)].map(|(op, i, ended)| (SubtaskId::new(op, i), ended));
+        assert_eq!(got, want);
+        // The keyed operator, fully finished, rescales (finished on restore everywhere); the
+        // partly finished source does not.
+        let rescaled = place(&topology(2, 3), &[tm(0); 3], &ips, Some(&meta)).unwrap();
+        let keyed: Vec<bool> = rescaled.per_tm[&tm(0)].iter().filter(|d| d.subtask.operator == KEYED).map(|d| d.restore.as_ref().expect("restored").data_ended).collect();
+        assert_eq!(keyed, [true, true, true]);
+        let err = place(&topology(3, 3), &[tm(0); 3], &ips, Some(&meta)).unwrap_err();
+        assert_eq!(err, PlacementError::Restore(RestoreError::PartiallyFinished { operator: SRC, finished: 1, parallelism: 2, new_parallelism: 3 }));
     }
 
     #[test]

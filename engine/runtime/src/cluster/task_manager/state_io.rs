@@ -44,6 +44,9 @@ pub struct CapturedSnapshot {
     pub keyed: Option<KeyedSnapshot>,
     /// Each chained operator's operator-state snapshot.
     pub operators: BTreeMap<OperatorId, Vec<u8>>,
+    /// The subtask's data had ended (its chain's `end_of_input` had run) when it snapshotted:
+    /// acknowledged as [`SubtaskStateHandle::data_ended`] (FLIP-147's finished on restore).
+    pub data_ended: bool,
 }
 
 async fn put(client: &BlobClient, key: &str, bytes: Vec<u8>) -> Result<BlobRef, String> {
@@ -92,7 +95,7 @@ pub async fn write_snapshot(client: &BlobClient, snapshot: CapturedSnapshot) -> 
     bytes_written += body.len() as u64;
     let key = blob_key(&snapshot.job, snapshot.checkpoint, snapshot.subtask, snapshot.attempt, "operator");
     let operator = Some(put(client, &key, body).await?);
-    Ok((SubtaskStateHandle { subtask: snapshot.subtask, keyed, operator }, bytes_written))
+    Ok((SubtaskStateHandle { subtask: snapshot.subtask, keyed, operator, data_ended: snapshot.data_ended }, bytes_written))
 }
 
 /// Reads a blob and checks it against its reference.

@@ -26,6 +26,15 @@
 //! is inside the final checkpoint and its sinks' committed transactions. `EndOfPartition` comes
 //! only after: at a source once a final checkpoint it took part in completed, elsewhere once
 //! every input channel finished (the aligner's `EndOfInput`).
+//!
+//! **Finished on restore** (FLIP-147; Flink's `TaskStateSnapshot#isTaskFinished` and
+//! `StreamTask#isTaskDeployedAsFinished`): every snapshot records whether the data had ended
+//! ([`SubtaskStateHandle::data_ended`](floe_core::coordinator::SubtaskStateHandle)). A checkpoint
+//! taken after `end_data` holds what `end_of_input` emitted (in its sinks' transactions, which it
+//! commits), so a subtask restored from such a snapshot does not run `end_of_input` again: when
+//! its input ends (a source: at once, its offsets restored at their stopping offsets; elsewhere:
+//! the aligner's `EndOfData`) it only sends `EndOfData` on (a source still tells the job manager),
+//! and takes part in the remaining checkpoints, the final one included.
 
 use super::sink_io::SinkIo;
 use super::state_io::{self, CapturedSnapshot};
@@ -154,8 +163,12 @@ struct Task {
     tick: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// A source sent `EndOfInput` to the job manager.
     end_of_input_sent: bool,
-    /// The chain's `end_of_input` ran and `EndOfData` went out on every output (once per attempt).
+    /// The chain's `end_of_input` ran and `EndOfData` went out on every output (once per attempt;
+    /// for a subtask finished on restore, only `EndOfData`). Recorded in every later snapshot.
     data_ended: bool,
+    /// The snapshot this subtask restored from was taken after its data ended (FLIP-147's
+    /// finished on restore): `end_of_input` already ran, and its output is in that checkpoint.
+    finished_on_restore: bool,
     /// The output channels ended (at a source once a final checkpoint it took part in completed,
     /// elsewhere after the input ended).
     outputs_finished: bool,
@@ -178,6 +191,7 @@ impl Task {
     async fn start(setup: SubtaskSetup) -> Result<Task, String> {
         let SubtaskSetup { attempt, job, graph, deployment, restored_from, locations, jm, broker, blob, control, mut inputs, completed } = setup;
         let subtask = deployment.subtask;
+        let finished_on_restore = deployment.restore.as_ref().is_some_and(|r| r.data_ended);
         let vertex = graph.vertex(subtask.operator).cloned().ok_or_else(|| format!("{subtask}: no such vertex in the job"))?;
         if subtask.index.0 >= vertex.parallelism {
             return Err(format!("{subtask}: index outside parallelism {}", vertex.parallelism));
@@ -285,6 +299,7 @@ impl Task {
             tick: Box::pin(tokio::time::sleep(Duration::from_millis(PROCESSING_TIME_TICK_MS))),
             end_of_input_sent: false,
             data_ended: false,
+            finished_on_restore,
             outputs_finished: false,
             final_barrier: None,
         };
@@ -293,6 +308,11 @@ impl Task {
         }
         task.run_commands().await?;
         tracing::info!(event = "subtask_started", attempt = attempt.0, subtask = %subtask, restored_from = restored_from.map(|c| c.0));
+        if finished_on_restore && task.is_source() && !task.call(0, |op, _| op.as_source().is_some_and(|s| s.is_end_of_input())) {
+            // Its snapshot says its data had ended, yet its restored offsets are short of the
+            // stopping offsets: reading on would emit records after its `EndOfData`.
+            return Err(format!("{subtask}: restored as finished, but its source is not at its stopping offsets"));
+        }
         task.check_source_end().await?;
         Ok(task)
     }
@@ -490,13 +510,16 @@ impl Task {
 
     /// The chain's input ended: every operator's `end_of_input`, head first (each one's output
     /// flows through the rest of the chain and out), then `EndOfData` on every output. Once per
-    /// attempt; later calls do nothing.
+    /// attempt; later calls do nothing. A subtask finished on restore skips `end_of_input` (it
+    /// ran before the checkpoint restored from, whose sinks commit its output) and only sends
+    /// `EndOfData`.
     async fn end_data(&mut self) -> Result<(), String> {
         if self.data_ended {
             return Ok(());
         }
         self.data_ended = true;
-        for i in 0..self.ops.len() {
+        let chain = if self.finished_on_restore { 0 } else { self.ops.len() };
+        for i in 0..chain {
             let out = self.call(i, |op, ctx| op.end_of_input(ctx)).map_err(op_err("end_of_input"))?;
             self.push_chain(i + 1, out).await?;
         }
@@ -682,7 +705,17 @@ impl Task {
         tracing::info!(event = "snapshot_taken", attempt = self.attempt.0, subtask = %self.subtask, checkpoint = id.0);
         self.broadcast(&ChannelElement::Barrier(barrier)).await?;
         self.flush_outputs().await?;
-        let snapshot = CapturedSnapshot { job: self.job.name.clone(), checkpoint: id, subtask: self.subtask, attempt: self.attempt, keyed, operators };
+        let snapshot = CapturedSnapshot {
+            job: self.job.name.clone(),
+            checkpoint: id,
+            subtask: self.subtask,
+            attempt: self.attempt,
+            keyed,
+            operators,
+            // Finished on restore, its `end_of_input` ran before: still so in every later
+            // snapshot, even one taken before its input's `EndOfData` arrives again.
+            data_ended: self.data_ended || self.finished_on_restore,
+        };
         let permit = self.writes.clone().acquire_owned().await.map_err(|e| e.to_string())?;
         let (blob, jm, attempt, subtask) = (self.blob.clone(), self.jm.clone(), self.attempt, self.subtask);
         self.spawn_background(async move {
