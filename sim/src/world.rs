@@ -89,7 +89,7 @@ mod sim {
     use floe_runtime::cluster::jobs::{JobRegistry, JobSpec};
     use floe_runtime::cluster::protocol::JobState;
     use floe_core::records::PackedRecords;
-    use floe_runtime::cluster::sim::{pack_lines, ClusterNode, SimCluster, SimClusterConfig, PRODUCE_BATCH_RECORDS};
+    use floe_runtime::cluster::sim::{pack_produce_batches, ClusterNode, SimCluster, SimClusterConfig};
     use floe_runtime::cluster::task_manager::state_io::{check_blob, OPERATOR_BLOB_MAGIC, OPERATOR_BLOB_VERSION};
     use floe_runtime::disk::{DiskFaults, TornTail};
     use floe_runtime::transport::RpcConfig;
@@ -729,7 +729,7 @@ mod sim {
     }
 
     /// One wave's produce batches: per partition, its lines `lo..hi` (clamped to its length) in
-    /// chunks of [`PRODUCE_BATCH_RECORDS`]. A wave of the round-robin input starting at a
+    /// chunks of [`floe_runtime::cluster::sim::PRODUCE_BATCH_RECORDS`]. A wave of the round-robin input starting at a
     /// multiple of the partitions is exactly that slice of every partition, so the broker gets
     /// the batches `produce_lines` would have made of the wave's lines.
     fn wave_batches(input: &[Vec<String>], lo: usize, hi: usize) -> Vec<Vec<PackedRecords>> {
@@ -737,7 +737,7 @@ mod sim {
             .iter()
             .map(|lines| {
                 let (lo, hi) = (lo.min(lines.len()), hi.min(lines.len()));
-                lines[lo..hi].chunks(PRODUCE_BATCH_RECORDS).map(pack_lines).collect()
+                pack_produce_batches(&lines[lo..hi])
             })
             .collect()
     }
@@ -864,17 +864,16 @@ mod sim {
         vertex: OperatorId,
         state: &str,
     ) -> BTreeMap<K, u64> {
-        let out = BTreeMap::new();
-        let Some(cp) = meta.operators.get(&vertex) else { return out };
+        let Some(cp) = meta.operators.get(&vertex) else { return BTreeMap::new() };
         let mut blobs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         for h in &cp.subtasks {
             let Some(k) = &h.keyed else { continue };
             if blobs.contains_key(&k.blob.key) {
                 continue;
             }
-            let Some(bytes) = get(client, &k.blob.key).await else { return out };
+            let Some(bytes) = get(client, &k.blob.key).await else { return BTreeMap::new() };
             if check_blob(&k.blob, &bytes).is_err() {
-                return out;
+                return BTreeMap::new();
             }
             blobs.insert(k.blob.key.clone(), bytes);
         }
@@ -892,10 +891,10 @@ mod sim {
         let max_parallelism = cp.max_parallelism.max(1);
         let mut backend = KeyedStateBackend::new(max_parallelism, KeyGroupRange::all(max_parallelism));
         if backend.restore(slices).is_err() {
-            return out;
+            return BTreeMap::new();
         }
-        let Ok(value) = backend.get_state(&ValueStateDescriptor::<u64>::new(state)) else { return out };
-        let Ok(keys) = backend.try_keys::<K>(state) else { return out };
+        let Ok(value) = backend.get_state(&ValueStateDescriptor::<u64>::new(state)) else { return BTreeMap::new() };
+        let Ok(keys) = backend.try_keys::<K>(state) else { return BTreeMap::new() };
         // The keys come sorted and distinct: the map is bulk-built from them in one pass
         // instead of searched once per key.
         let mut entries = Vec::with_capacity(keys.len());

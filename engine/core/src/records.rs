@@ -122,11 +122,6 @@ impl PackedRecords {
         self.buf.len() - self.count as usize * RECORD_LENGTH_BYTES
     }
 
-    /// Reserves room for at least `bytes` more bytes of records (length prefixes included).
-    pub fn reserve(&mut self, bytes: usize) {
-        self.buf.reserve(bytes);
-    }
-
     /// The length of the longest record in the batch (0 when it is empty), without a pass over
     /// the records.
     pub fn record_bytes_max(&self) -> usize {

@@ -90,8 +90,8 @@ pub struct SubtaskStateHandle {
     pub operator: Option<BlobRef>,
     /// The subtask's data had ended when it snapshotted: its chain's `end_of_input` had run and
     /// `EndOfData` had gone out on every output (Flink's `OperatorSubtaskState#isFinished`). A
-    /// subtask restored from this handle does not run `end_of_input` again.
-    #[serde(default)]
+    /// subtask restored from this handle does not run `end_of_input` again. (The metadata is
+    /// bincode, which has no missing fields: version-1 metadata is read through `v1`.)
     pub data_ended: bool,
 }
 

@@ -280,7 +280,7 @@ impl SimCluster {
         for (i, line) in lines.into_iter().enumerate() {
             per_partition[i % n].push(line);
         }
-        let batches = per_partition.iter().map(|records| records.chunks(PRODUCE_BATCH_RECORDS).map(pack_lines).collect()).collect();
+        let batches = per_partition.iter().map(|lines| pack_produce_batches(lines)).collect();
         self.produce_batches(topic, partitions, batches).await
     }
 
@@ -289,7 +289,7 @@ impl SimCluster {
     /// broker has acknowledged each batch. Returns each partition's end offset after its last
     /// batch (0 for a partition given none). [`Self::produce_lines`] is this over its lines
     /// split round-robin and chunked by [`PRODUCE_BATCH_RECORDS`]; callers that hold the lines
-    /// already split pack them with [`pack_lines`] and skip the copies.
+    /// already split pack them with [`pack_produce_batches`] and skip the copies.
     pub async fn produce_batches(&self, topic: &str, partitions: u32, batches: Vec<Vec<PackedRecords>>) -> Vec<u64> {
         let client = self.broker_client();
         let topic = topic.to_string();
@@ -399,6 +399,12 @@ impl SimCluster {
 /// 100k-line benchmark then spent most of its simulated time producing its input one 6 KiB
 /// request after another.)
 pub const PRODUCE_BATCH_RECORDS: usize = 4096;
+
+/// One partition's `lines` as its produce batches: chunks of [`PRODUCE_BATCH_RECORDS`], each
+/// packed by [`pack_lines`] (what [`SimCluster::produce_lines`] sends for that partition).
+pub fn pack_produce_batches(lines: &[String]) -> Vec<PackedRecords> {
+    lines.chunks(PRODUCE_BATCH_RECORDS).map(pack_lines).collect()
+}
 
 /// One batch of `lines`, in order, in a buffer of exactly their size (no regrowth).
 pub fn pack_lines(lines: &[String]) -> PackedRecords {
